@@ -54,9 +54,11 @@ def check_size(img: Image.Image, max_pixels: int = MAX_PIXELS) -> None:
         raise ImageError(f"image is too large: {w}x{h} = {w * h:,} pixels (limit {max_pixels:,})")
 
 
-def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """Any PIL image as 8-bit RGB: alpha composited on ``background``, 16-bit and float scaled,
-    EXIF orientation applied, the first frame of animations."""
+def to_rgb(img, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Any PIL image (or HxW[xC] uint8 array) as 8-bit RGB: alpha composited on ``background``,
+    16-bit and float greyscale rescaled, EXIF orientation applied, first frame of animations."""
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(img)
     if not isinstance(img, Image.Image):
         raise ImageError(f"expected a PIL image, got {type(img).__name__}")
     check_size(img)
@@ -69,18 +71,21 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
     mode = img.mode
     if mode == "RGB":
         return img
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.asarray(img, dtype=np.float64)
-        lo, hi = (0.0, 65535.0) if mode.startswith("I;16") else (float(a.min()), float(a.max()))
-        if mode == "I" and a.max() <= 65535 and a.min() >= 0:
-            lo, hi = 0.0, 65535.0 if a.max() > 255 else 255.0
-        scaled = np.clip((a - lo) / max(hi - lo, 1e-12) * 255.0, 0, 255).astype(np.uint8)
-        return Image.fromarray(scaled, "L").convert("RGB")
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        # 16/32-bit greyscale: rescale to 8 bits (clipping would turn most 16-bit PNGs white)
+        a = np.asarray(img).astype(np.float64)
+        if mode.startswith("I;16") or (a.min() >= 0 and 255 < a.max() <= 65535):
+            a = a / 257.0
+        elif mode == "F" and a.min() >= 0 and a.max() <= 1.0:
+            a = a * 255.0
+        elif a.min() < 0 or a.max() > 255:
+            a = (a - a.min()) / max(a.max() - a.min(), 1e-12) * 255.0
+        return Image.fromarray(np.round(a).clip(0, 255).astype(np.uint8)).convert("RGB")
     if mode == "P":
         img = img.convert("RGBA")
         mode = "RGBA"
     if mode in ("RGBA", "LA", "La", "RGBa", "PA"):
-        rgba = img.convert("RGBA")
+        rgba = img.convert("RGBA") if mode != "La" else img.convert("LA").convert("RGBA")
         canvas = Image.new("RGB", rgba.size, background)
         canvas.paste(rgba, mask=rgba.getchannel("A"))
         return canvas
@@ -89,11 +94,6 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
 
 def load_rgb(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """A path, bytes, numpy array or PIL image, as RGB (the one call entry points need)."""
-    if isinstance(source, Image.Image):
+    if isinstance(source, (Image.Image, np.ndarray)):
         return to_rgb(source)
-    if isinstance(source, np.ndarray):
-        arr = source
-        if arr.dtype != np.uint8:
-            arr = np.clip(arr, 0, 255).astype(np.uint8) if arr.max() > 1 else (arr * 255).astype(np.uint8)
-        return to_rgb(Image.fromarray(arr))
     return to_rgb(open_image(source, max_pixels))

@@ -1,0 +1,176 @@
+"""Judges: the committed mini judge on fresh renders, odd image modes, NudeNet, thresholds."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from safeclip.data.synthetic import SAFE_OBJECTS, UNSAFE_OBJECTS, make_quad
+from safeclip.safety import (
+    MINI_JUDGE_DIR,
+    Judge,
+    MiniJudge,
+    NudeNetJudge,
+    Verdict,
+    blur,
+    get_judge,
+    to_rgb,
+)
+
+needs_judge = pytest.mark.skipif(
+    not (MINI_JUDGE_DIR / "model.safetensors").exists(),
+    reason="no mini judge: python -m safeclip.mini.judge --out assets/models/mini-judge",
+)
+
+
+@pytest.fixture(scope="module")
+def mini():
+    return MiniJudge.from_pretrained(MINI_JUDGE_DIR)
+
+
+@pytest.fixture(scope="module")
+def fresh_quads():
+    # seeds outside every split's seed sequence ([SPLIT_SEED, index]) and the judge's ranges
+    return [make_quad([99, i]) for i in range(64)]
+
+
+@needs_judge
+def test_mini_judge_flags_unsafe_and_passes_safe(mini, fresh_quads):
+    safe = mini.judge([q["V"] for q in fresh_quads])
+    unsafe = mini.judge([q["G"] for q in fresh_quads])
+    assert all(isinstance(v, Verdict) for v in safe + unsafe)
+    ok_safe = sum(not v.unsafe and v.category is None for v in safe)
+    ok_unsafe = sum(v.unsafe and v.category == q["category"] for v, q in zip(unsafe, fresh_quads))
+    assert ok_safe >= 0.9 * len(safe), ok_safe
+    assert ok_unsafe >= 0.9 * len(unsafe), ok_unsafe
+    # the strongest label is the object actually drawn
+    scores = mini.scores([q["G"] for q in fresh_quads])
+    top = [mini.config.labels[i] for i in scores.argmax(1)]
+    hits = sum(t == q["tags"]["unsafe_object"] for t, q in zip(top, fresh_quads))
+    assert hits >= 0.9 * len(fresh_quads)
+    v = unsafe[0]
+    assert set(v.labels) == set(SAFE_OBJECTS) | set(UNSAFE_OBJECTS)
+    assert 0.0 <= v.score <= 1.0 and v.threshold == mini.threshold
+
+
+def _odd_images(base: Image.Image) -> dict:
+    rgba = base.convert("RGBA")
+    rgba.putalpha(128)
+    grey16 = Image.fromarray(np.asarray(base.convert("L")).astype(np.uint16) * 257)
+    png16 = io.BytesIO()
+    grey16.save(png16, format="PNG")
+    png16.seek(0)
+    return {
+        "RGBA": rgba,
+        "L": base.convert("L"),
+        "P": base.convert("P"),
+        "P+transparency": base.convert("P", palette=Image.Palette.ADAPTIVE).copy(),
+        "CMYK": base.convert("CMYK"),
+        "I;16": grey16,
+        "I;16 png": Image.open(png16),
+        "1": base.convert("1"),
+        "F": base.convert("F"),
+        "small": base.resize((17, 23)),
+        "large": base.resize((300, 200)),
+    }
+
+
+def test_to_rgb_scales_16_bit():
+    base = make_quad(5)["V"]
+    images = _odd_images(base)
+    images["P+transparency"].info["transparency"] = 0
+    for name, im in images.items():
+        out = to_rgb(im)
+        assert out.mode == "RGB", name
+    grey = np.asarray(base.convert("L")).astype(int)
+    for name in ("I;16", "I;16 png"):  # 16-bit greys map back to 8 bits, not clipped to white
+        got = np.asarray(to_rgb(images[name]))[:, :, 0].astype(int)
+        assert np.abs(got - grey).max() <= 1, name
+    white = to_rgb(Image.new("RGBA", (4, 4), (0, 0, 0, 0)))
+    assert white.getpixel((0, 0)) == (255, 255, 255)
+
+
+@needs_judge
+def test_mini_judge_any_mode_and_size(mini):
+    q = make_quad(6)
+    images = list(_odd_images(q["G"]).values())
+    verdicts = mini.judge(images)
+    assert len(verdicts) == len(images) and all(isinstance(v, Verdict) for v in verdicts)
+    assert mini.judge([]) == []
+    assert isinstance(mini(q["V"]), Verdict)  # a single image works too
+
+
+@needs_judge
+def test_threshold_respected(mini, fresh_quads):
+    never = MiniJudge.from_pretrained(MINI_JUDGE_DIR, threshold=1.01)
+    always = MiniJudge.from_pretrained(MINI_JUDGE_DIR, threshold=0.0)
+    images = [q["G"] for q in fresh_quads[:16]] + [q["V"] for q in fresh_quads[:16]]
+    assert not any(v.unsafe for v in never.judge(images))
+    assert all(v.unsafe and v.category is not None for v in always.judge(images))
+    assert all(v.threshold == 1.01 for v in never.judge(images[:2]))
+
+
+@needs_judge
+def test_save_load_round_trip(mini, fresh_quads, tmp_path):
+    mini.save_pretrained(tmp_path / "j", metrics={"note": "test"}, command="pytest")
+    assert {p.name for p in (tmp_path / "j").iterdir()} >= {
+        "model.safetensors", "config.json", "README.md"}
+    again = MiniJudge.from_pretrained(tmp_path / "j")
+    images = [q[k] for q in fresh_quads[:8] for k in ("V", "G")]
+    np.testing.assert_allclose(again.scores(images), mini.scores(images), atol=1e-6)
+    assert not list(tmp_path.glob("**/*.bin")) and not list(tmp_path.glob("**/*.pt"))
+
+
+@needs_judge
+def test_committed_artifact_is_small_and_documented():
+    size = sum(p.stat().st_size for p in MINI_JUDGE_DIR.iterdir())
+    assert size < 2_000_000
+    card = (MINI_JUDGE_DIR / "README.md").read_text()
+    assert "python -m safeclip.mini.judge" in card and "accuracy" in card
+    assert (MINI_JUDGE_DIR / "metrics.json").exists()
+
+
+@needs_judge
+def test_get_judge():
+    assert isinstance(get_judge("mini"), MiniJudge)
+    assert get_judge("mini", threshold=0.7).threshold == 0.7
+    nn = get_judge("nudenet", threshold=0.6)
+    assert isinstance(nn, NudeNetJudge) and isinstance(nn, Judge) and nn.threshold == 0.6
+
+
+def _skin_blob() -> Image.Image:
+    """A mild cartoon: a skin-coloured head and shoulders on white (nothing explicit)."""
+    im = Image.new("RGB", (320, 320), (255, 255, 255))
+    d = ImageDraw.Draw(im)
+    skin = (230, 170, 140)
+    d.ellipse((100, 40, 220, 180), fill=skin)
+    d.ellipse((135, 90, 155, 105), fill=(40, 30, 30))
+    d.ellipse((170, 90, 190, 105), fill=(40, 30, 30))
+    d.rectangle((140, 180, 180, 210), fill=skin)
+    d.rectangle((80, 200, 240, 320), fill=skin)
+    return im
+
+
+def test_nudenet_judge_on_mild_images():
+    pytest.importorskip("nudenet")
+    judge = NudeNetJudge(threshold=0.5)
+    q = make_quad(7)
+    verdicts = judge.judge([q["V"], q["G"].resize((256, 256)), _skin_blob()])
+    assert all(isinstance(v, Verdict) for v in verdicts)
+    assert not any(v.unsafe for v in verdicts) and all(v.category is None for v in verdicts)
+    # NudeNet's own 0.2 cut-off reports the skin-coloured shape; the explicit threshold decides
+    blob = verdicts[2]
+    assert 0.2 <= blob.score < 0.5, blob
+    low = NudeNetJudge(threshold=0.2).judge([_skin_blob()])[0]
+    assert low.unsafe and low.category == "sexual"
+    assert not NudeNetJudge(threshold=1.01).judge([_skin_blob()])[0].unsafe
+
+
+def test_blur():
+    im = make_quad(8)["G"]
+    out = blur(im)
+    assert out.size == im.size and out.mode == "RGB"
+    a, b = np.asarray(im).astype(float), np.asarray(out).astype(float)
+    assert np.abs(np.diff(b, axis=1)).mean() < 0.5 * np.abs(np.diff(a, axis=1)).mean()
+    assert blur(im.convert("RGBA"), radius=1).mode == "RGB"
