@@ -22,6 +22,8 @@ COMMANDS = {
     "presets": ("safeclip.cli:presets_main", "list the presets and their model ids"),
     "mini": ("safeclip.mini.build:main", "build the bundled mini world from scratch"),
     "eval": ("safeclip.eval.cli:main", "evaluate a preset's two models (retrieval, ...)"),
+    "train": ("safeclip.train.cli:main", "fine-tune a CLIP into a Safe-CLIP (LoRA, Accelerate)"),
+    "data": ("safeclip.data.cli:main", "ViSU data: check, generate-unsafe"),
 }
 
 

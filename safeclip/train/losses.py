@@ -1,0 +1,125 @@
+"""The Safe-CLIP objective: eight named terms, weighted by name.
+
+    >>> from safeclip.train.losses import SafeClipLoss
+    >>> loss_fn = SafeClipLoss()                        # the paper's default weights
+    >>> out = loss_fn(ft={"S": s, "U": u, "V": v, "G": g}, ref={"S": s_ref, "V": v_ref})
+    >>> out["total"].backward(); out["terms"]["U_Vref"]
+
+Notation (ViSU): S safe text, U unsafe text, V safe image, G unsafe image. ``ft`` are embeddings of
+the model being fine-tuned, ``ref`` those of the frozen original (computed with the adapter
+disabled, or cached once before training: they never change). All embeddings are L2-normalised
+here. ``cos_d(a, b) = 1 - cos(a, b)``, averaged over the batch; ``nce(a, b)`` is the symmetric
+InfoNCE over the batch with a fixed logit scale of 100.
+
+| term        | value                | role             | default weight |
+|-------------|----------------------|------------------|----------------|
+| text_safe   | cos_d(ft(S), ref(S)) | preservation (1) | 0.1  |
+| text_nsfw   | cos_d(ft(U), ref(S)) | redirection (2)  | 0.1  |
+| vision_safe | cos_d(ft(V), ref(V)) | preservation (1) | 0.1  |
+| vision_nsfw | cos_d(ft(G), ref(V)) | redirection (2)  | 0.2  |
+| S_Vref      | nce(ft(S), ref(V))   | preservation (2) | 0.25 |
+| U_Vref      | nce(ft(U), ref(V))   | redirection (1)  | 0.25 |
+| V_Sref      | nce(ref(S), ft(V))   | preservation (2) | 0.25 |
+| G_Sref      | nce(ref(S), ft(G))   | redirection (1)  | 0.5  |
+
+As the official code does, the weights are normalised to sum to 1 and the weighted sum is divided
+by the number of terms (``normalise=True``). Text-only mode keeps the four terms that need no
+unsafe image: text_safe, text_nsfw, S_Vref, U_Vref (it still needs safe images V).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+LOGIT_SCALE = 100.0  # exp(4.6052), fixed
+
+DEFAULT_WEIGHTS = {
+    "text_safe": 0.1, "text_nsfw": 0.1, "vision_safe": 0.1, "vision_nsfw": 0.2,
+    "S_Vref": 0.25, "U_Vref": 0.25, "V_Sref": 0.25, "G_Sref": 0.5,
+}
+# term -> (kind, ft input, ref input); for nce the first argument is the row side
+TERMS = {
+    "text_safe": ("cos", "S", "S"),
+    "text_nsfw": ("cos", "U", "S"),
+    "vision_safe": ("cos", "V", "V"),
+    "vision_nsfw": ("cos", "G", "V"),
+    "S_Vref": ("nce", "S", "V"),
+    "U_Vref": ("nce", "U", "V"),
+    "V_Sref": ("nce_ref_first", "V", "S"),
+    "G_Sref": ("nce_ref_first", "G", "S"),
+}
+TEXT_ONLY = ("text_safe", "text_nsfw", "S_Vref", "U_Vref")
+MODES = {"full": tuple(TERMS), "text": TEXT_ONLY}
+
+
+def cos_d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean cosine distance between matching rows."""
+    return (1 - F.cosine_similarity(a, b, dim=-1)).mean()
+
+
+def nce(a: torch.Tensor, b: torch.Tensor, scale: float = LOGIT_SCALE) -> torch.Tensor:
+    """Symmetric InfoNCE: row i of ``a`` matches row i of ``b`` (both normalised)."""
+    logits = scale * F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
+    labels = torch.arange(len(a), device=a.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def needed_inputs(terms) -> tuple[set[str], set[str]]:
+    """(ft inputs, ref inputs) that the given terms read."""
+    return {TERMS[t][1] for t in terms}, {TERMS[t][2] for t in terms}
+
+
+class SafeClipLoss(torch.nn.Module):
+    """Weighted sum of the named terms; ``weights`` are given by name (missing names: 0 / unused).
+
+    ``gather`` (optional) collects a tensor from every process with gradients (distributed
+    training): then every process computes the loss over the *global* batch, contrastive
+    negatives included, and the value equals a single process's on the same global batch.
+    """
+
+    def __init__(self, weights: dict[str, float] | None = None, mode: str = "full",
+                 normalise: bool = True, gather: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {sorted(MODES)}, not {mode!r}")
+        weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
+        unknown = set(weights) - set(TERMS)
+        if unknown:
+            raise ValueError(f"unknown loss terms {sorted(unknown)}; known: {list(TERMS)}")
+        weights = {k: float(v) for k, v in weights.items() if k in MODES[mode] and v}
+        if not weights:
+            raise ValueError(f"no term with a non-zero weight in mode {mode!r}")
+        if any(v < 0 for v in weights.values()):
+            raise ValueError("loss weights must be non-negative")
+        self.raw_weights = weights
+        if normalise:
+            total = sum(weights.values())
+            weights = {k: v / total / len(weights) for k, v in weights.items()}
+        self.weights = weights
+        self.mode = mode
+        self.gather = gather
+        # sorted: every process must issue its all_gather calls in the same order (set order
+        # depends on the per-process hash seed)
+        self.ft_inputs, self.ref_inputs = (tuple(sorted(x)) for x in needed_inputs(weights))
+
+    def forward(self, ft: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> dict:
+        missing = [f"ft[{k}]" for k in self.ft_inputs if k not in ft]
+        missing += [f"ref[{k}]" for k in self.ref_inputs if k not in ref]
+        if missing:
+            raise KeyError(f"the loss needs {', '.join(sorted(missing))}")
+        g = self.gather or (lambda x: x)
+        ft = {k: F.normalize(g(ft[k]).float(), dim=-1) for k in self.ft_inputs}
+        ref = {k: F.normalize(g(ref[k]).float(), dim=-1) for k in self.ref_inputs}
+        terms = {}
+        for name in self.weights:
+            kind, a, b = TERMS[name]
+            if kind == "cos":
+                terms[name] = cos_d(ft[a], ref[b])
+            elif kind == "nce":
+                terms[name] = nce(ft[a], ref[b])
+            else:  # reference first: rows are the frozen texts, columns the tuned images
+                terms[name] = nce(ref[b], ft[a])
+        total = sum(self.weights[k] * v for k, v in terms.items())
+        return {"total": total, "terms": terms}

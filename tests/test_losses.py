@@ -1,0 +1,90 @@
+"""The eight named terms of the Safe-CLIP objective, checked against hand computation."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from safeclip.train.losses import DEFAULT_WEIGHTS, TERMS, TEXT_ONLY, SafeClipLoss
+
+
+def unit(*rows):
+    t = torch.tensor(rows, dtype=torch.float64)
+    return t / t.norm(dim=-1, keepdim=True)
+
+
+def hand_cos_d(a, b):
+    return sum(1 - float(a[i] @ b[i]) for i in range(len(a))) / len(a)
+
+
+def hand_nce(a, b, scale=100.0):
+    n = len(a)
+    sim = [[scale * float(a[i] @ b[j]) for j in range(n)] for i in range(n)]
+    rows = -sum(sim[i][i] - math.log(sum(math.exp(s) for s in sim[i])) for i in range(n)) / n
+    cols = -sum(sim[j][j] - math.log(sum(math.exp(sim[i][j]) for i in range(n))) for j in range(n)) / n
+    return (rows + cols) / 2
+
+
+@pytest.fixture
+def embs():
+    g = torch.Generator().manual_seed(0)
+    mk = lambda: torch.nn.functional.normalize(torch.randn(4, 3, generator=g, dtype=torch.float64) * 0.05 + torch.eye(4, 3, dtype=torch.float64), dim=-1)  # noqa: E731
+    return {"S": mk(), "U": mk(), "V": mk(), "G": mk()}, {"S": mk(), "V": mk()}
+
+
+def test_each_term_matches_hand_computation(embs):
+    ft, ref = embs
+    out = SafeClipLoss(normalise=False)(ft, ref)["terms"]
+    expected = {
+        "text_safe": hand_cos_d(ft["S"], ref["S"]),
+        "text_nsfw": hand_cos_d(ft["U"], ref["S"]),
+        "vision_safe": hand_cos_d(ft["V"], ref["V"]),
+        "vision_nsfw": hand_cos_d(ft["G"], ref["V"]),
+        "S_Vref": hand_nce(ft["S"], ref["V"]),
+        "U_Vref": hand_nce(ft["U"], ref["V"]),
+        "V_Sref": hand_nce(ref["S"], ft["V"]),
+        "G_Sref": hand_nce(ref["S"], ft["G"]),
+    }
+    assert set(out) == set(expected) == set(TERMS)
+    for name, value in expected.items():
+        assert out[name].item() == pytest.approx(value, rel=1e-5, abs=1e-6), name
+
+
+def test_known_values_on_a_tiny_case():
+    a = unit([1, 0], [0, 1])
+    b = unit([1, 0], [1, 1])
+    from safeclip.train.losses import cos_d, nce
+    assert cos_d(a, b).item() == pytest.approx((0 + (1 - 1 / math.sqrt(2))) / 2)
+    assert nce(a, a).item() == pytest.approx(math.log(1 + math.exp(-100)), abs=1e-12)
+
+
+def test_total_is_the_weighted_sum_by_name(embs):
+    ft, ref = embs
+    raw = SafeClipLoss(normalise=False)(ft, ref)
+    manual = sum(DEFAULT_WEIGHTS[k] * v for k, v in raw["terms"].items())
+    assert raw["total"].item() == pytest.approx(manual.item())
+    norm = SafeClipLoss()(ft, ref)  # the official normalisation: weights sum to 1, then / 8
+    s = sum(DEFAULT_WEIGHTS.values())
+    assert norm["total"].item() == pytest.approx(manual.item() / s / 8)
+
+
+def test_weights_by_name_and_modes(embs):
+    ft, ref = embs
+    only = SafeClipLoss({"G_Sref": 2.0}, normalise=False)(ft, ref)
+    assert set(only["terms"]) == {"G_Sref"}
+    assert only["total"].item() == pytest.approx(2 * only["terms"]["G_Sref"].item())
+    text = SafeClipLoss(mode="text")(
+        {k: ft[k] for k in ("S", "U")}, ref)  # no image from the tuned model needed
+    assert set(text["terms"]) == set(TEXT_ONLY)
+    with pytest.raises(ValueError, match="unknown loss terms"):
+        SafeClipLoss({"bogus": 1.0})
+    with pytest.raises(KeyError, match="ft\\[G\\]"):
+        SafeClipLoss()({k: ft[k] for k in ("S", "U", "V")}, ref)
+
+
+def test_gradients_reach_only_the_tuned_side(embs):
+    ft, ref = embs
+    ft = {k: v.clone().requires_grad_(True) for k, v in ft.items()}
+    SafeClipLoss()(ft, ref)["total"].backward()
+    assert all(v.grad is not None and v.grad.abs().sum() > 0 for v in ft.values())

@@ -1,0 +1,194 @@
+"""Safe-CLIP fine-tuning on tiny models and a tiny rendered mini world."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    from safeclip.mini.cache import render_split
+    from safeclip.mini.clip import clip_config, new_clip, save_clip_dir
+
+    root = tmp_path_factory.mktemp("world")
+    render_split("train", root / "data", n=96, chunk=96)
+    render_split("validation", root / "data", n=32, chunk=32)
+    save_clip_dir(new_clip(clip_config(width=32, layers=1, heads=2), seed=0), root / "clip")
+    return root
+
+
+def sources(world, need=("S", "U", "V", "G")):
+    from safeclip.mini.cache import load_split
+    from safeclip.tokenizer import clip_tokenizer
+    from safeclip.train.data import ArrayQuads
+
+    tok = clip_tokenizer(32)
+    return (ArrayQuads(load_split(world / "data", "train"), tok, 32, need),
+            ArrayQuads(load_split(world / "data", "validation"), tok, 32, need))
+
+
+def base_clip(world):
+    from transformers import CLIPModel
+    return CLIPModel.from_pretrained(world / "clip").train()
+
+
+def config(out, **kw):
+    from safeclip.train.lora import LoraSettings
+    from safeclip.train.trainer import TrainConfig
+    kw.setdefault("lora", LoraSettings(r=4, alpha=4, dropout=0.0))
+    kw.setdefault("epochs", 2)
+    return TrainConfig(out=str(out), batch=16, ckpt_every=2, cpu=True, **kw)
+
+
+def adapter(run):
+    return load_file(str(run / "checkpoint" / "adapter.safetensors"))
+
+
+def test_reference_stays_frozen_while_ft_moves(tiny_world, tmp_path):
+    from safeclip.train.trainer import reference_embeddings, train
+
+    tr, va = sources(tiny_world)
+    model, summary = train(config(tmp_path / "run", max_steps=5, lr=1e-2), base_clip(tiny_world), tr, va)
+    cache = load_file(str(tmp_path / "run" / "ref_train.safetensors"))
+    model.eval()
+    with model.disable_adapter():  # the original, inside the trained model
+        again = reference_embeddings(model, tr, ("S", "V"))
+    torch.testing.assert_close(again["S"], cache["S"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(again["V"], cache["V"], atol=1e-5, rtol=0)
+    moved = reference_embeddings(model, tr, ("S", "V"))  # adapter on: the tuned model
+    assert (moved["V"] - cache["V"]).abs().max() > 1e-3
+    losses = [h["loss"] for h in summary["history"] if "loss" in h]
+    assert len(losses) == 5
+
+
+def test_training_lowers_the_loss_and_text_mode_needs_no_unsafe_image(tiny_world, tmp_path):
+    from safeclip.train.trainer import train
+
+    tr, va = sources(tiny_world, need=("S", "U", "V"))
+    _, summary = train(config(tmp_path / "t", mode="text", max_steps=12, lr=1e-2),
+                       base_clip(tiny_world), tr, va)
+    losses = [h["loss"] for h in summary["history"] if "loss" in h]
+    assert set(summary["history"][0]) >= {"text_safe", "text_nsfw", "S_Vref", "U_Vref"}
+    assert "G_Sref" not in summary["history"][0]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    assert any("recall_sum" in h for h in summary["history"])
+
+
+def test_resume_continues_exactly(tiny_world, tmp_path):
+    from safeclip.train.trainer import train
+
+    tr, va = sources(tiny_world)
+    train(config(tmp_path / "full", max_steps=8), base_clip(tiny_world), tr, va)
+    train(config(tmp_path / "cut", max_steps=4), base_clip(tiny_world), tr, va)
+    assert json.loads((tmp_path / "cut" / "checkpoint" / "progress.json").read_text())["global_step"] == 4
+    _, s = train(config(tmp_path / "cut", max_steps=8), base_clip(tiny_world), tr, va, resume=True)
+    a, b = adapter(tmp_path / "full"), adapter(tmp_path / "cut")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+    assert s["global_step"] == 8
+
+
+def test_early_stopping_after_patience(tiny_world, tmp_path):
+    from safeclip.train.trainer import train
+
+    tr, va = sources(tiny_world)
+    # lr 0: validation never improves after the first epoch
+    _, s = train(config(tmp_path / "es", lr=0.0, patience=1, epochs=5), base_clip(tiny_world), tr, va)
+    epochs = [h for h in s["history"] if "val_loss" in h]
+    assert len(epochs) == 2  # epoch 0 sets the best, epoch 1 fails to improve: stop
+
+
+def test_export_round_trips(tiny_world, tmp_path):
+    from safeclip.convert import hf_to_open_clip  # noqa: F401 - the open_clip form below
+    from safeclip.encoders import load_clip
+    from safeclip.presets import Preset
+    from safeclip.train.export import export_all
+    from safeclip.train.trainer import train
+
+    tr, va = sources(tiny_world)
+    model, _ = train(config(tmp_path / "ex", max_steps=4, lr=1e-2), base_clip(tiny_world), tr, va)
+    model.eval()
+    paths = export_all(model, tmp_path / "export")
+    texts = ["a red man holding a gun on the beach", "a cat"]
+    from PIL import Image
+    images = [Image.fromarray(np.random.RandomState(i).randint(0, 255, (64, 64, 3), dtype=np.uint8))
+              for i in range(2)]
+    hf = load_clip(Preset("m", "m", "transformers", str(paths["merged"]), "", 64, 128, 32))
+    oc = load_clip(Preset("o", "o", "open_clip", str(paths["open_clip"]), "", 64, 128, 32))
+    with torch.no_grad():
+        tok = hf.tokenizer(texts, padding="max_length", max_length=32, return_tensors="pt")
+        from safeclip.encoders import image_features, text_features
+        ref_t = torch.nn.functional.normalize(text_features(model, tok.input_ids, tok.attention_mask), dim=-1)
+        px = hf.processor(images=images, return_tensors="pt").pixel_values
+        ref_v = torch.nn.functional.normalize(image_features(model, px), dim=-1)
+    for enc in (hf, oc):
+        torch.testing.assert_close(enc.encode_text(texts), ref_t, atol=1e-5, rtol=0)
+        torch.testing.assert_close(enc.encode_image(images), ref_v, atol=1e-5, rtol=0)
+    from transformers import CLIPTextModel
+    te = CLIPTextModel.from_pretrained(paths["text_encoder"])
+    assert te.config.hidden_size == 32
+    assert (paths["adapter"] / "adapter_config.json").exists()
+
+
+def cli_args(world, out, steps):
+    return [sys.executable, "-m", "safeclip.train.cli", "--preset", "mini", "--clip",
+            str(world / "clip"), "--data-dir", str(world / "data"), "--out", str(out),
+            "--batch", "16", "--max-steps", str(steps), "--ckpt-every", "1", "--lora-r", "4",
+            "--lora-alpha", "4", "--lora-dropout", "0", "--cpu", "--no-export", "--log-level", "WARNING"]
+
+
+def env():
+    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return e
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_reaches_the_same_result(tiny_world, tmp_path):
+    subprocess.run(cli_args(tiny_world, tmp_path / "ref", 10), check=True, env=env(), capture_output=True)
+    proc = subprocess.Popen(cli_args(tiny_world, tmp_path / "k", 10), env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = tmp_path / "k" / "checkpoint" / "progress.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if progress.exists() and json.loads(progress.read_text())["global_step"] >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(progress.read_text())["global_step"]
+    assert killed_at < 10, "the run finished before it could be killed"
+    subprocess.run(cli_args(tiny_world, tmp_path / "k", 10) + ["--resume"], check=True, env=env(),
+                   capture_output=True)
+    a, b = adapter(tmp_path / "ref"), adapter(tmp_path / "k")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tiny_world, tmp_path):
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun is not installed")
+    one = subprocess.run(cli_args(tiny_world, tmp_path / "one", 4), env=env(), capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(["torchrun", "--nproc_per_node", "2", "--master_port", "29533"]
+                         + cli_args(tiny_world, tmp_path / "two", 4)[1:], env=env(),
+                         capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    h1 = json.loads((tmp_path / "one" / "summary.json").read_text())
+    h2 = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert h2["world_size"] == 2 and h1["world_size"] == 1
+    l1 = [h["loss"] for h in h1["history"] if "loss" in h]
+    l2 = [h["loss"] for h in h2["history"] if "loss" in h]
+    assert len(l1) == len(l2) == 4
+    np.testing.assert_allclose(l1, l2, rtol=1e-4, atol=1e-5)
