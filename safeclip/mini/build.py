@@ -1,0 +1,159 @@
+"""``safeclip mini build``: rebuild the bundled mini world from scratch, on a CPU.
+
+    safeclip mini build                       # every step, skipping those already done
+    safeclip mini build --only clip --force   # retrain one artifact
+    safeclip mini build --work /tmp/mini --out /tmp/models   # leave assets/ untouched
+
+Steps, in order (each resumable, each skipped when its artifact exists unless ``--force``):
+
+  data    render the synthetic ViSU splits (train 50k, validation 1k, test 1k) as arrays
+  judge   train the mini judge (which objects an image shows)       -> OUT/mini-judge
+  clip    train the mini CLIP on safe and unsafe pairs              -> OUT/mini-clip
+
+Every step logs to WORK/build.log as well as the terminal, and the build ends with the test-split
+metrics written into each model folder (``metrics.json``) and its model card (``README.md``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from ..presets import MINI_MODELS
+
+logger = logging.getLogger(__name__)
+
+STEPS = ("data", "judge", "clip")
+DEFAULT_WORK = Path("work") / "mini"
+
+
+def step_data(work: Path, out: Path, force: bool) -> dict:
+    from .cache import render_split
+
+    if force:
+        shutil.rmtree(work / "data", ignore_errors=True)
+    for split in ("validation", "test", "train"):
+        render_split(split, work / "data")
+    return {"data": str(work / "data")}
+
+
+def step_judge(work: Path, out: Path, force: bool) -> dict:
+    from .judge import train_judge
+
+    return {"judge": train_judge(out / "mini-judge", force=force)}
+
+
+def step_clip(work: Path, out: Path, force: bool) -> dict:
+    from .train_clip import ClipTrainConfig, train_mini_clip
+    from ..eval.retrieval import evaluate_encoder
+
+    target = out / "mini-clip"
+    if (target / "model.safetensors").exists() and not force:
+        logger.info("mini CLIP exists at %s: skipped (--force to retrain)", target)
+        return {"clip": "skipped"}
+    if force:
+        (work / "ckpt" / "mini-clip.ckpt").unlink(missing_ok=True)
+    cfg = ClipTrainConfig()
+    info = train_mini_clip(work / "data", target, work / "ckpt", cfg)
+    metrics = evaluate_model_dir(target)
+    write_clip_card(target, cfg, info, metrics)
+    return {"clip": metrics}
+
+
+def evaluate_model_dir(model_dir: Path, split: str = "test") -> dict:
+    """Test-split retrieval metrics of a CLIP folder, written beside it as metrics.json."""
+    from dataclasses import replace
+
+    from ..data.synthetic import SyntheticViSU
+    from ..encoders import load_clip
+    from ..eval.retrieval import evaluate_encoder
+    from ..presets import get_preset
+
+    preset = replace(get_preset("mini", use_env=False), clip=str(model_dir))
+    metrics = evaluate_encoder(load_clip(preset, "clip", device="cpu"), SyntheticViSU(split))
+    metrics = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+    (model_dir / "metrics.json").write_text(json.dumps({"split": split, **metrics}, indent=2))
+    return metrics
+
+
+def write_clip_card(target: Path, cfg, info: dict, metrics: dict) -> None:
+    from transformers import CLIPConfig
+
+    mc = CLIPConfig.from_pretrained(target)
+    rows = "\n".join(f"| {k} | {v:.3f} |" for k, v in metrics.items()
+                     if k.endswith(("_r1", "_r10")) or k.startswith("nsfw"))
+    (target / "README.md").write_text(f"""# mini-clip
+
+The mini world's original CLIP: a transformers `CLIPModel` trained from scratch here on safe and
+unsafe pairs of the synthetic ViSU (`safeclip.data.synthetic`), so that, like web-scale CLIP, it
+links unsafe words to unsafe images. Weights in fp16 safetensors; tokenizer = the real CLIP BPE.
+
+- architecture: ViT {mc.vision_config.image_size} px, patch {mc.vision_config.patch_size},
+  width {mc.vision_config.hidden_size}, {mc.vision_config.num_hidden_layers}+{mc.text_config.num_hidden_layers}
+  layers, context {mc.text_config.max_position_embeddings}, embedding {mc.projection_dim},
+  {info['parameters'] / 1e6:.1f}M parameters, QuickGELU
+- training: {cfg.steps} steps x {cfg.batch} pairs, AdamW lr {cfg.lr}, warm-up {cfg.warmup},
+  cosine decay, seed {cfg.seed}; {info['train_seconds_this_run']:.0f} s on this run's machine
+- command: `safeclip mini build --only clip --force`
+
+## Test-split metrics (`safeclip eval retrieval --preset mini`)
+
+Gallery: the 2,000 safe and unsafe test images (text queries) or captions (image queries).
+
+| metric | value |
+|---|---|
+{rows}
+""")
+
+
+RUNNERS = {"data": step_data, "judge": step_judge, "clip": step_clip}
+
+
+def build(work: Path = DEFAULT_WORK, out: Path = MINI_MODELS, only=None, force: bool = False) -> dict:
+    work, out = Path(work), Path(out)
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(work / "build.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("safeclip").addHandler(handler)
+    steps = list(only or STEPS)
+    if "data" not in steps and any(s in steps for s in ("clip",)):
+        steps.insert(0, "data")  # training needs the rendered data (a no-op when present)
+    report, t_all = {}, time.time()
+    try:
+        for name in STEPS:
+            if name not in steps:
+                continue
+            t0 = time.time()
+            logger.info("== step %s ==", name)
+            result = RUNNERS[name](work, out, force and name in (only or STEPS))
+            report[name] = {"seconds": round(time.time() - t0, 1), **result}
+            logger.info("step %s done in %.0f s", name, time.time() - t0)
+    finally:
+        logging.getLogger("safeclip").removeHandler(handler)
+    report["total_seconds"] = round(time.time() - t_all, 1)
+    (work / "build_report.json").write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "build":
+        print("usage: safeclip mini build [--work DIR] [--out DIR] [--only STEP ...] [--force]",
+              file=sys.stderr)
+        return 2
+    p = argparse.ArgumentParser(prog="safeclip mini build", description=__doc__.splitlines()[0])
+    p.add_argument("--work", type=Path, default=DEFAULT_WORK, help="data and checkpoints")
+    p.add_argument("--out", type=Path, default=MINI_MODELS, help="where the models go")
+    p.add_argument("--only", nargs="+", choices=STEPS, help="run only these steps")
+    p.add_argument("--force", action="store_true", help="redo the chosen steps from scratch")
+    args = p.parse_args(argv[1:])
+    from ..cli import setup_logging
+    setup_logging("INFO")
+    report = build(args.work, args.out, args.only, args.force)
+    print(json.dumps(report, indent=2, default=str))
+    return 0

@@ -1,0 +1,195 @@
+"""Training the mini CLIP from scratch on safe *and* unsafe pairs of the synthetic ViSU.
+
+    python -m safeclip.mini.train_clip --data work/data --out assets/models/mini-clip
+
+Like web-scale CLIP, the model sees (S, V) and (U, G) pairs alike, so it learns to link unsafe
+words to unsafe images: the problem Safe-CLIP then removes. Standard symmetric InfoNCE with a
+learnable temperature, AdamW, linear warm-up and cosine decay. Checkpoints are written atomically
+every ``--ckpt-every`` steps and a restarted run resumes from the last one with the same batches.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..encoders import image_features, text_features
+from .cache import load_split
+from .clip import OPENAI_MEAN, OPENAI_STD, clip_config, new_clip, save_clip_dir
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ClipTrainConfig:
+    steps: int = 3000  # optimisation steps
+    batch: int = 128  # pairs per step (safe and unsafe pairs mixed)
+    lr: float = 5e-4  # peak learning rate
+    weight_decay: float = 0.05
+    warmup: int = 150  # linear warm-up steps
+    seed: int = 0
+    width: int = 128  # see safeclip.mini.clip.clip_config
+    layers: int = 4
+    embed_dim: int = 128
+    ckpt_every: int = 250  # steps between atomic checkpoints
+    eval_every: int = 500  # steps between validation recalls (0: never)
+
+
+class PairSampler:
+    """Batches of (token ids, uint8 images) drawn from a rendered split; batch ``step`` is a pure
+    function of (seed, step), which makes resuming exact."""
+
+    def __init__(self, data: dict, tokenizer, context: int, seed: int):
+        n, w = data["S"].shape
+        texts = np.concatenate([data["S"], data["U"]])  # (2n, wordings): safe pairs, then unsafe
+        flat = [str(t) for t in texts.reshape(-1)]
+        ids = tokenizer(flat, padding="max_length", truncation=True, max_length=context,
+                        return_tensors="pt").input_ids
+        self.ids = ids.reshape(2 * n, w, context)
+        self.images = (data["V"], data["G"])
+        self.n, self.w, self.seed = n, w, seed
+
+    def batch(self, step: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, step])
+        pick = rng.choice(2 * self.n, size=size, replace=False)
+        wording = rng.integers(0, self.w, size=size)
+        ids = self.ids[torch.from_numpy(pick), torch.from_numpy(wording)]
+        imgs = np.stack([self.images[p // self.n][p % self.n] for p in pick])
+        return ids, torch.from_numpy(imgs)
+
+
+def pixels(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC -> normalised float NCHW, as CLIPImageProcessor does for 64 px inputs."""
+    x = images_u8.permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def clip_loss(model, ids, pix) -> torch.Tensor:
+    t = F.normalize(text_features(model, ids), dim=-1)
+    v = F.normalize(image_features(model, pix), dim=-1)
+    logits = model.logit_scale.exp().clamp(max=100) * t @ v.T
+    labels = torch.arange(len(ids))
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def _lr(cfg: ClipTrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _save_ckpt(path: Path, model, opt, step: int, history: list) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "step": step,
+                "history": json.dumps(history)}, tmp)
+    tmp.replace(path)
+
+
+@torch.no_grad()
+def val_recall(model, data: dict, tokenizer, context: int, n: int = 1000) -> dict[str, float]:
+    from ..eval.retrieval import retrieval_metrics
+
+    model.eval()
+    def txt(col):
+        ids = tokenizer([str(s) for s in data[col][:n, 0]], padding="max_length", truncation=True,
+                        max_length=context, return_tensors="pt").input_ids
+        return F.normalize(torch.cat([text_features(model, b) for b in ids.split(256)]), dim=-1)
+
+    def img(col):
+        px = pixels(torch.from_numpy(data[col][:n]))
+        return F.normalize(torch.cat([image_features(model, b) for b in px.split(256)]), dim=-1)
+
+    m = retrieval_metrics(txt("S"), txt("U"), img("V"), img("G"))
+    model.train()
+    return m
+
+
+def train_mini_clip(data_dir: str | Path, out_dir: str | Path, work_dir: str | Path,
+                    cfg: ClipTrainConfig = ClipTrainConfig()) -> dict:
+    """Train (or resume) the mini CLIP; write the model folder to ``out_dir``; return metrics."""
+    from ..tokenizer import clip_tokenizer
+
+    torch.manual_seed(cfg.seed)
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt = work / "mini-clip.ckpt"
+    mcfg = clip_config(width=cfg.width, layers=cfg.layers, embed_dim=cfg.embed_dim)
+    context = mcfg.text_config.max_position_embeddings
+    tokenizer = clip_tokenizer(context)
+    train = load_split(data_dir, "train")
+    val = load_split(data_dir, "validation")
+    sampler = PairSampler(train, tokenizer, context, cfg.seed)
+    model = new_clip(mcfg, cfg.seed).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, history = 0, []
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optim"])
+        step, history = int(state["step"]), json.loads(state["history"])
+        logger.info("resuming mini CLIP training at step %d", step)
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info("mini CLIP: %.1fM parameters, %d steps of %d pairs", n_params / 1e6, cfg.steps, cfg.batch)
+    t0, bar = time.time(), tqdm(total=cfg.steps, initial=step, desc="train mini CLIP", unit="step")
+    while step < cfg.steps:
+        for g in opt.param_groups:
+            g["lr"] = _lr(cfg, step)
+        ids, imgs = sampler.batch(step, cfg.batch)
+        loss = clip_loss(model, ids, pixels(imgs))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{model.logit_scale.exp().item():.0f}")
+        if step % 50 == 0:
+            history.append({"step": step, "loss": round(loss.item(), 4)})
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            m = val_recall(model, val, tokenizer, context)
+            history.append({"step": step, **{k: round(m[k], 4) for k in
+                                             ("s2v_r10", "u2g_r10", "nsfw_at10")}})
+            logger.info("step %d: val s2v_r10 %.3f u2g_r10 %.3f nsfw_at10 %.3f",
+                        step, m["s2v_r10"], m["u2g_r10"], m["nsfw_at10"])
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            _save_ckpt(ckpt, model, opt, step, history)
+    bar.close()
+    model.eval()
+    save_clip_dir(model, out_dir, dtype=torch.float16)
+    info = {"config": asdict(cfg), "parameters": n_params, "history": history,
+            "train_seconds_this_run": round(time.time() - t0, 1)}
+    (Path(out_dir) / "training.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, help="rendered splits (safeclip.mini.cache)")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--work", default=None, help="checkpoints (default: DATA/../ckpt)")
+    for f in ("steps", "batch", "seed", "width", "layers", "eval_every", "ckpt_every"):
+        p.add_argument("--" + f.replace("_", "-"), type=int, default=getattr(ClipTrainConfig, f))
+    p.add_argument("--lr", type=float, default=ClipTrainConfig.lr)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cfg = ClipTrainConfig(**{k: getattr(args, k) for k in ("steps", "batch", "seed", "width",
+                                                          "layers", "eval_every", "ckpt_every", "lr")})
+    work = args.work or str(Path(args.data).parent / "ckpt")
+    train_mini_clip(args.data, args.out, work, cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
