@@ -24,6 +24,8 @@ COMMANDS = {
     "eval": ("safeclip.eval.cli:main", "evaluate a preset's two models (retrieval, ...)"),
     "train": ("safeclip.train.cli:main", "fine-tune a CLIP into a Safe-CLIP (LoRA, Accelerate)"),
     "data": ("safeclip.data.cli:main", "ViSU data: check, generate-unsafe"),
+    "index": ("safeclip.index_cli:main", "build / extend faiss indexes of galleries (both models)"),
+    "search": ("safeclip.index_cli:search_main", "search an index with both models, side by side"),
 }
 
 

@@ -1,0 +1,471 @@
+"""Building a gallery index with both models of a preset, resumably; adding images to one.
+
+    >>> from safeclip.retrieval.build import build_gallery, add_to_gallery
+    >>> report = build_gallery("mini", "assets/gallery/mini", dataset="synthetic:test")
+    >>> report = build_gallery("vit-l-14", "idx/photos", images="photos/", judge="nudenet")
+    >>> report.skipped                       # [{"id": "broken.jpg", "reason": "..."}], never fatal
+    >>> add_to_gallery("vit-l-14", "idx/photos", images="photos/")   # only the new files
+
+Images are embedded in batches of ``batch_size`` with both models; each batch is written to
+``DIR/.partial/`` as soon as it is done, so a crash loses at most one batch and rerunning the
+same command continues from there. The caption corpus (captions of the items, plus an optional
+``caption_file``) is embedded the same way. Unsafe flags come from the data when it knows them
+(synthetic tags, a labels file, a dataset column), else from a judge run on the image now: the
+mini judge for bundled presets, NudeNet for real ones (``judge="none"`` leaves them unknown).
+Then one faiss index per model and corpus is built (see ``ann.choose_spec``) and the manifest
+is written last. ``add_to_gallery`` embeds only items the gallery does not hold and appends them
+to the existing indexes (an exact index that outgrows ``exact_max`` is rebuilt as IVF from its
+stored vectors: still no re-embedding).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..presets import get_preset
+from . import ann, store
+from .sources import Source, make_source
+
+logger = logging.getLogger(__name__)
+
+PARTIAL, PARTIAL_ADD = ".partial", ".partial-add"
+
+
+@dataclass
+class BuildReport:
+    """What a build (or add) did; ``skipped`` lists every unreadable input and why."""
+
+    out: str
+    count: int  # images in the gallery now
+    captions: int  # captions in the caption corpus now
+    embedded: int  # images embedded by this run (resumed batches excluded)
+    resumed_batches: int  # batches found done by an interrupted run
+    skipped: list[dict] = field(default_factory=list)  # {"id", "reason"}
+    index: dict = field(default_factory=dict)  # corpus -> model -> IndexSpec dict
+    unsafe: dict = field(default_factory=dict)  # counts of flagged / safe / unknown images
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class IndexOptions:
+    """How to index (flags of `safeclip index build`)."""
+
+    kind: str = "auto"  # auto | flat | ivf | hnsw
+    exact_max: int = ann.EXACT_MAX  # auto: exact up to this many vectors
+    nlist: int | None = None  # ivf lists (default ~4 sqrt(n))
+    nprobe: int | None = None  # ivf lists searched (default: calibrated)
+    hnsw_m: int = 32  # hnsw neighbours per node
+    ef_search: int | None = None  # hnsw search breadth (default: calibrated)
+
+    def spec(self, n: int) -> ann.IndexSpec:
+        return ann.choose_spec(n, self.kind, self.exact_max, self.nlist, self.nprobe,
+                               self.hnsw_m, self.ef_search)
+
+
+# ------------------------------------------------------------------------------ helpers
+
+def _check_models(preset, allow_placeholder: bool) -> None:
+    if not preset.bundled or allow_placeholder:
+        return
+    missing = [getattr(preset, r) for r in ("clip", "safe_clip")
+               if not Path(getattr(preset, r)).exists()]
+    if missing:
+        from ..encoders import ModelUnavailableError
+        raise ModelUnavailableError(
+            f"preset {preset.name!r}: no model at {', '.join(missing)} (the bundled models are "
+            "not built yet?); an index of placeholder embeddings would be useless. Build the "
+            "models first (`safeclip mini build`) or point at others with --clip / --safe-clip")
+
+
+def _dims(pair) -> dict[str, int]:
+    dims = {m: int(getattr(pair, m).embed_dim) for m in store.MODELS}
+    if len(set(dims.values())) != 1:
+        raise store.GalleryMismatchError(f"the two models embed in different sizes: {dims}")
+    return dims
+
+
+def _models_entry(preset, pair) -> dict:
+    out = {}
+    for m, role in zip(store.MODELS, ("clip", "safe_clip")):
+        enc = getattr(pair, m)
+        ref = str(getattr(preset, role))
+        out[m] = {"ref": store.portable_ref(ref), "fingerprint": store.model_fingerprint(enc.ref),
+                  "backend": getattr(enc, "backend", None)}
+        if store.portable_ref(enc.ref) != out[m]["ref"]:
+            out[m]["resolved"] = store.portable_ref(enc.ref)
+    return out
+
+
+def _judge_name(judge: str, preset) -> str | None:
+    if judge in (None, "none"):
+        return None
+    if judge == "auto":
+        return "mini" if preset.bundled else "nudenet"
+    return judge
+
+
+class _Judge:
+    """The judge, loaded on first use (sources with known flags never need it)."""
+
+    def __init__(self, name: str | None):
+        self.name, self._judge = name, None
+
+    def flag(self, loaded: list) -> None:
+        todo = [x for x in loaded if x.image is not None and x.row.get("unsafe") is None]
+        if not todo or self.name is None:
+            return
+        if self._judge is None:
+            from ..safety import get_judge
+            self._judge = get_judge(self.name)
+        for x, v in zip(todo, self._judge.judge([x.image for x in todo])):
+            x.row.update(unsafe=bool(v.unsafe), unsafe_source=f"judge:{self.name}",
+                         unsafe_score=round(float(v.score), 4), category=v.category)
+
+
+def _embed_batches(items: list, prefix: str, work: Path, batch_size: int, embed, desc: str):
+    """Embed ``items`` batch by batch into shards, skipping shards already there; returns
+    (number of shards, batches resumed, items embedded now)."""
+    from tqdm.auto import tqdm
+
+    starts = list(range(0, len(items), batch_size))
+    resumed = embedded = 0
+    for b, s in enumerate(tqdm(starts, desc=desc, unit="batch", leave=False)):
+        if store.shard_path(work, prefix, b).exists():
+            resumed += 1
+            continue
+        vectors, rows, skipped = embed(items[s:s + batch_size])
+        store.write_shard(work, prefix, b, vectors, rows, skipped)
+        embedded += len(rows)
+    return len(starts), resumed, embedded
+
+
+def _encode_images(pair, loaded: list, dim: int) -> dict[str, np.ndarray]:
+    """Both models' embeddings of the loaded images; an image that breaks the batch is found by
+    encoding one at a time, and marked with its error instead."""
+    from ..images import ImageError
+
+    ok = [x for x in loaded if x.image is not None]
+    try:
+        return {m: getattr(pair, m).encode_image([x.image for x in ok]).numpy().reshape(-1, dim)
+                for m in store.MODELS}
+    except (ImageError, OSError, ValueError) as e:
+        logger.warning("a batch failed to encode (%s): retrying image by image", e)
+    for x in ok:
+        try:
+            for m in store.MODELS:
+                getattr(pair, m).encode_image([x.image])
+        except (ImageError, OSError, ValueError) as e:
+            x.image, x.error = None, f"cannot encode: {e.__class__.__name__}: {e}"
+    ok = [x for x in loaded if x.image is not None]
+    return {m: (getattr(pair, m).encode_image([x.image for x in ok]).numpy() if ok
+                else np.zeros((0, dim), np.float32)) for m in store.MODELS}
+
+
+def _image_embedder(source: Source, pair, judge: _Judge, dim: int):
+    def embed(ids):
+        loaded = source.load(ids)
+        vectors = _encode_images(pair, loaded, dim)
+        judge.flag(loaded)
+        skipped = [{"id": x.row["id"], "reason": x.error} for x in loaded if x.image is None]
+        for s in skipped:
+            logger.warning("skipped %s: %s", s["id"], s["reason"])
+        return vectors, [x.row for x in loaded if x.image is not None], skipped
+    return embed
+
+
+def _text_embedder(pair, dim: int):
+    def embed(rows):
+        texts = [r["text"] for r in rows]
+        return {m: getattr(pair, m).encode_text(texts).numpy().reshape(-1, dim)
+                for m in store.MODELS}, rows, []
+    return embed
+
+
+def read_caption_file(path: str | Path) -> list[dict]:
+    """A caption corpus file: .txt (one caption a line) or CSV/JSON/JSONL rows with ``text``
+    (or ``caption``) and optional ``unsafe``, ``category``, ``id``."""
+    from ..data.visu import read_rows
+    from .sources import as_flag
+
+    path = Path(path)
+    if path.suffix.lower() == ".txt":
+        raw = [{"text": t.strip()} for t in path.read_text(encoding="utf-8").splitlines()]
+    else:
+        raw = [{**r, "text": r.get("text") or r.get("caption")} for r in read_rows(path)]
+    rows = []
+    for i, r in enumerate(raw):
+        if r.get("text") and str(r["text"]).strip():
+            rows.append({"id": str(r.get("id") or f"{path.stem}:{i}"),
+                         "text": str(r["text"]).strip(),
+                         "unsafe": as_flag(r.get("unsafe")), "item": None,
+                         **({"category": r["category"]} if r.get("category") else {})})
+    return rows
+
+
+def _unsafe_counts(rows: list[dict]) -> dict:
+    flags = [r.get("unsafe") for r in rows]
+    sources = sorted({r["unsafe_source"] for r in rows if r.get("unsafe_source")})
+    return {"unsafe": sum(f is True for f in flags), "safe": sum(f is False for f in flags),
+            "unknown": sum(f is None for f in flags), "sources": sources}
+
+
+def _build_corpus(vectors: dict, queries: dict, options: IndexOptions, what: str, seed: int = 0):
+    """One index per model; approximate ones are calibrated on the other modality's vectors."""
+    indexes, specs = {}, {}
+    for m in store.MODELS:
+        spec = options.spec(len(vectors[m]))
+        q = queries.get(m)
+        indexes[m], spec = ann.build_index(vectors[m], spec, q, calibration=what, seed=seed)
+        specs[m] = spec.to_dict()
+    return indexes, specs
+
+
+# ------------------------------------------------------------------------------------ build
+
+def build_gallery(preset, out: str | Path, *, images=None, dataset: str | None = None,
+                  split: str = "test", limit: int | None = None, labels=None,
+                  source: Source | None = None, captions: bool = True, caption_file=None,
+                  pair=None, batch_size: int = 64, options: IndexOptions | None = None,
+                  judge: str = "auto", overwrite: bool = False, restart: bool = False,
+                  device=None, overrides: dict | None = None, allow_placeholder: bool = False,
+                  hub_columns: dict | None = None) -> BuildReport:
+    """Embed a gallery with both models of ``preset`` and write its index to ``out``."""
+    t0 = time.time()
+    preset = get_preset(preset, overrides)
+    options = options or IndexOptions()
+    out = Path(out)
+    old_files = []
+    if (out / store.MANIFEST).exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} already holds a gallery index: add images with "
+                                  f"`safeclip index add --index {out}`, or pass --overwrite")
+        old_files = list(store.read_manifest(out).get("files", {}).values())
+    source = source or make_source(images, dataset, split, limit, labels, preset.image_size,
+                                   exclude=out, **(hub_columns or {}))
+    if pair is None:
+        _check_models(preset, allow_placeholder)
+    ids = source.ids()
+    if not ids:
+        raise ValueError(f"no images in {source.describe()}")
+    if pair is None:
+        from ..encoders import load_clip_pair
+        pair = load_clip_pair(preset, device=device)
+    dim = next(iter(_dims(pair).values()))
+    models = _models_entry(preset, pair)
+    judge_name = _judge_name(judge, preset)
+    work = out / PARTIAL
+    plan = {"format": store.FORMAT, "preset": preset.name, "models": models, "dim": dim,
+            "source": source.describe(), "n": len(ids), "ids": store.plan_checksum(ids),
+            "batch_size": int(batch_size), "judge": judge_name, "captions": bool(captions),
+            "caption_file": str(caption_file) if caption_file else None}
+    store.prepare_work(work, plan, restart)
+
+    n_img, resumed, embedded = _embed_batches(
+        ids, "images", work, batch_size,
+        _image_embedder(source, pair, _Judge(judge_name), dim), f"embed {len(ids)} images")
+    vectors, rows, skipped = store.read_shards(work, "images", n_img, dim)
+    if not rows:
+        raise ValueError(f"none of the {len(ids)} images could be read (first: {skipped[:3]})")
+
+    cap_rows = source.captions([r["id"] for r in rows]) if captions else []
+    if caption_file:
+        cap_rows += read_caption_file(caption_file)
+    n_cap, r2, _ = _embed_batches(cap_rows, "captions", work, 4 * batch_size,
+                                  _text_embedder(pair, dim), f"embed {len(cap_rows)} captions")
+    cap_vectors, cap_rows, _ = store.read_shards(work, "captions", n_cap, dim)
+
+    files, index_specs = {"items": "items.jsonl"}, {}
+    img_idx, index_specs["images"] = _build_corpus(vectors, cap_vectors if cap_rows else {},
+                                                   options, "caption embeddings (text -> image)")
+    for m, idx in img_idx.items():
+        files[f"images.{m}"] = f"images.{m}.faiss"
+        ann.save_index(idx, out / files[f"images.{m}"])
+    if cap_rows:
+        cap_idx, index_specs["captions"] = _build_corpus(cap_vectors, vectors, options,
+                                                         "image embeddings (image -> text)")
+        files["captions"] = "captions.jsonl"
+        for m, idx in cap_idx.items():
+            files[f"captions.{m}"] = f"captions.{m}.faiss"
+            ann.save_index(idx, out / files[f"captions.{m}"])
+        store.write_jsonl(out / "captions.jsonl", cap_rows)
+    store.write_jsonl(out / "items.jsonl", rows)
+    report = BuildReport(str(out), len(rows), len(cap_rows), embedded, resumed + r2, skipped,
+                         index_specs, _unsafe_counts(rows), 0.0)
+    if getattr(source, "ignored", 0):
+        report.notes.append(f"{source.ignored} file(s) without an image extension ignored")
+    manifest = {
+        "format": store.FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "preset": preset.name, "models": models, "dim": dim, "count": len(rows),
+        "captions": len(cap_rows), "checksum": store.inputs_checksum(rows, cap_rows),
+        "source": source.describe(), "index": index_specs,
+        "index_options": dataclasses.asdict(options),
+        "unsafe": {"judge": judge_name, "images": report.unsafe,
+                   "captions": _unsafe_counts(cap_rows) if cap_rows else None},
+        "skipped": len(skipped), "generation": 0, "files": files,
+    }
+    report.seconds = round(time.time() - t0, 2)
+    store.write_json(out / "build_report.json", report.to_dict())
+    store.write_json(out / store.MANIFEST, manifest)  # the commit point
+    for name in set(old_files) - set(files.values()):  # an overwritten index's other files
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(work, ignore_errors=True)
+    logger.info("gallery %s: %d images, %d captions, %d skipped (%.1fs)", out, len(rows),
+                len(cap_rows), len(skipped), report.seconds)
+    return report
+
+
+# -------------------------------------------------------------------------------------- add
+
+def _stored_vectors(directory: Path, manifest: dict, corpus: str) -> dict[str, np.ndarray]:
+    files = manifest["files"]
+    return {m: ann.reconstruct_all(ann.load_index(directory / files[f"{corpus}.{m}"]))
+            for m in store.MODELS if f"{corpus}.{m}" in files}
+
+
+def _extend_corpus(directory: Path, manifest: dict, corpus: str, new: dict, options: IndexOptions,
+                   gen: int, queries) -> tuple[dict, dict]:
+    """Append ``new`` vectors to a corpus's indexes (or start them); returns (files, specs).
+    An exact index grown past ``options.exact_max`` is rebuilt from its stored vectors."""
+    files, specs = {}, {}
+    for m in store.MODELS:
+        key = f"{corpus}.{m}"
+        if key in manifest["files"]:
+            spec = ann.IndexSpec.from_dict(manifest["index"][corpus][m])
+            index = ann.load_index(directory / manifest["files"][key], spec)
+            total = index.ntotal + len(new[m])
+            fell_back = (spec.calibration or "").endswith("exact search instead")  # stays exact
+            grown = spec.type == "flat" and total > options.exact_max and not fell_back
+            if options.kind == "auto" and not spec.forced and grown:
+                logger.info("%s: %d vectors pass exact_max=%d: rebuilding as %s", key, total,
+                            options.exact_max, options.spec(total).type)
+                x = np.concatenate([ann.reconstruct_all(index), new[m]])
+                index, spec = ann.build_index(x, options.spec(total), queries().get(m))
+            else:
+                ann.add_vectors(index, new[m])
+        else:
+            index, spec = ann.build_index(new[m], options.spec(len(new[m])), queries().get(m))
+        files[key] = f"{corpus}.{m}.g{gen}.faiss"
+        ann.save_index(index, directory / files[key])
+        specs[m] = spec.to_dict()
+    return files, specs
+
+
+def add_to_gallery(preset, directory: str | Path, *, images=None, dataset: str | None = None,
+                   split: str = "test", limit: int | None = None, labels=None,
+                   source: Source | None = None, pair=None, batch_size: int = 64,
+                   judge: str | None = None, restart: bool = False, device=None,
+                   overrides: dict | None = None, hub_columns: dict | None = None) -> BuildReport:
+    """Embed the items of a source that the gallery does not hold yet and append them.
+
+    Without ``images``/``dataset``/``source``, a folder gallery rescans its own folder.
+    """
+    from .sources import FolderSource
+
+    t0 = time.time()
+    directory = Path(directory)
+    manifest = store.read_manifest(directory)
+    preset = get_preset(preset, overrides)
+    store.check_compatible(manifest, preset.name, {}, str(directory))  # before loading models
+    if source is None:
+        if images is None and dataset is None:
+            if manifest["source"]["kind"] != "folder":
+                raise ValueError("say what to add: --images DIR or --dataset NAME")
+            images = manifest["source"]["root"]
+        source = make_source(images, dataset, split, limit, labels, preset.image_size,
+                             exclude=directory, **(hub_columns or {}))
+    if isinstance(source, FolderSource) and str(source.root) != manifest["source"].get("root"):
+        source.absolute_ids = True  # another folder: ids and paths are absolute
+    if pair is None:
+        _check_models(preset, False)
+        from ..encoders import load_clip_pair
+        pair = load_clip_pair(preset, device=device)
+    dims = _dims(pair)
+    fps = {m: store.model_fingerprint(getattr(pair, m).ref) for m in store.MODELS}
+    notes = store.check_compatible(manifest, preset.name, dims, str(directory), fps)
+    dim, files = manifest["dim"], manifest["files"]
+    old_rows = store.read_jsonl(directory / files["items"])
+    old_caps = store.read_jsonl(directory / files["captions"]) if "captions" in files else []
+    have = {r["id"] for r in old_rows}
+    new_ids = [i for i in source.ids() if i not in have]
+    options = IndexOptions(**manifest.get("index_options", {}))
+    if not new_ids:
+        return BuildReport(str(directory), len(old_rows), len(old_caps), 0, 0,
+                           notes=notes + ["nothing new to add"], index=manifest["index"],
+                           unsafe=manifest["unsafe"]["images"], seconds=round(time.time() - t0, 2))
+    gen = int(manifest.get("generation", 0)) + 1
+    judge_name = manifest["unsafe"].get("judge") if judge is None else _judge_name(judge, preset)
+    work = directory / PARTIAL_ADD
+    plan = {"base": manifest["checksum"], "generation": gen, "source": source.describe(),
+            "n": len(new_ids), "ids": store.plan_checksum(new_ids), "batch_size": int(batch_size),
+            "judge": judge_name}
+    store.prepare_work(work, plan, restart)
+    n_img, resumed, embedded = _embed_batches(
+        new_ids, "images", work, batch_size,
+        _image_embedder(source, pair, _Judge(judge_name), dim), f"embed {len(new_ids)} images")
+    vectors, rows, skipped = store.read_shards(work, "images", n_img, dim)
+    if source.describe() != manifest["source"]:
+        for r in rows:  # where to reopen these images (Gallery.image)
+            r["origin"] = source.describe()
+    cap_rows = source.captions([r["id"] for r in rows])
+    n_cap, r2, _ = _embed_batches(cap_rows, "captions", work, 4 * batch_size,
+                                  _text_embedder(pair, dim), f"embed {len(cap_rows)} captions")
+    cap_vectors, cap_rows, _ = store.read_shards(work, "captions", n_cap, dim)
+
+    new_files, index = {}, dict(manifest["index"])
+    all_rows, all_caps = old_rows + rows, old_caps + cap_rows
+
+    def caption_queries():  # calibration queries of a rebuilt image index: all caption vectors
+        old = _stored_vectors(directory, manifest, "captions")
+        return {m: np.concatenate([old[m], cap_vectors[m]]) if m in old else cap_vectors[m]
+                for m in store.MODELS} if all_caps else {}
+
+    def image_queries():
+        old = _stored_vectors(directory, manifest, "images")
+        return {m: np.concatenate([old[m], vectors[m]]) for m in store.MODELS}
+
+    if rows:
+        f, index["images"] = _extend_corpus(directory, manifest, "images", vectors, options, gen,
+                                            caption_queries)
+        new_files.update(f)
+    if cap_rows:
+        f, index["captions"] = _extend_corpus(directory, manifest, "captions", cap_vectors,
+                                              options, gen, image_queries)
+        new_files.update(f)
+    new_files["items"] = f"items.g{gen}.jsonl"
+    store.write_jsonl(directory / new_files["items"], all_rows)
+    if all_caps:
+        new_files["captions"] = f"captions.g{gen}.jsonl"
+        store.write_jsonl(directory / new_files["captions"], all_caps)
+    report = BuildReport(str(directory), len(all_rows), len(all_caps), embedded, resumed + r2,
+                         skipped, index, _unsafe_counts(all_rows), notes=notes)
+    old_files = dict(files)
+    manifest.update(
+        count=len(all_rows), captions=len(all_caps), index=index, generation=gen,
+        checksum=store.inputs_checksum(all_rows, all_caps),
+        skipped=manifest["skipped"] + len(skipped),
+        files={**files, **new_files},
+        unsafe={**manifest["unsafe"], "images": report.unsafe,
+                "captions": _unsafe_counts(all_caps) if all_caps else None})
+    manifest.setdefault("history", []).append(
+        {"added": len(rows), "skipped": len(skipped), "source": source.describe(),
+         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    report.seconds = round(time.time() - t0, 2)
+    store.write_json(directory / "build_report.json", report.to_dict())
+    store.write_json(directory / store.MANIFEST, manifest)  # the commit point
+    for key, name in old_files.items():
+        if manifest["files"].get(key) != name:
+            (directory / name).unlink(missing_ok=True)
+    shutil.rmtree(work, ignore_errors=True)
+    logger.info("gallery %s: added %d images (%d skipped), now %d", directory, len(rows),
+                len(skipped), len(all_rows))
+    return report
