@@ -46,7 +46,7 @@ def test_each_term_matches_hand_computation(embs):
         "V_Sref": hand_nce(ref["S"], ft["V"]),
         "G_Sref": hand_nce(ref["S"], ft["G"]),
     }
-    assert set(out) == set(expected) == set(TERMS)
+    assert set(out) == set(expected) == set(DEFAULT_WEIGHTS)  # the paper's eight
     for name, value in expected.items():
         assert out[name].item() == pytest.approx(value, rel=1e-5, abs=1e-6), name
 
@@ -88,3 +88,20 @@ def test_gradients_reach_only_the_tuned_side(embs):
     ft = {k: v.clone().requires_grad_(True) for k, v in ft.items()}
     SafeClipLoss()(ft, ref)["total"].backward()
     assert all(v.grad is not None and v.grad.abs().sum() > 0 for v in ft.values())
+
+
+def hand_hard(q, pos, neg, scale=100.0):
+    cands = torch.cat([pos, neg])
+    total = 0.0
+    for i in range(len(q)):
+        sims = [scale * float(q[i] @ c) for c in cands]
+        total += -(sims[i] - math.log(sum(math.exp(x) for x in sims)))
+    return total / len(q)
+
+
+def test_hard_negative_extensions(embs):
+    ft, ref = embs
+    out = SafeClipLoss({"U_Vref_Gneg": 1.0, "G_Sref_Uneg": 1.0}, normalise=False)(ft, ref)["terms"]
+    assert out["U_Vref_Gneg"].item() == pytest.approx(hand_hard(ft["U"], ref["V"], ft["G"]), rel=1e-5)
+    assert out["G_Sref_Uneg"].item() == pytest.approx(hand_hard(ft["G"], ref["S"], ft["U"]), rel=1e-5)
+    assert "U_Vref_Gneg" in TERMS and "U_Vref_Gneg" not in DEFAULT_WEIGHTS  # paper default: off

@@ -93,12 +93,8 @@ The mini world's original CLIP: a transformers `CLIPModel` trained from scratch 
 unsafe pairs of the synthetic ViSU (`safeclip.data.synthetic`), so that, like web-scale CLIP, it
 links unsafe words to unsafe images. Weights in fp16 safetensors; tokenizer = the real CLIP BPE.
 
-- architecture: ViT {mc.vision_config.image_size} px, patch {mc.vision_config.patch_size},
-  width {mc.vision_config.hidden_size}, {mc.vision_config.num_hidden_layers}+{mc.text_config.num_hidden_layers}
-  layers, context {mc.text_config.max_position_embeddings}, embedding {mc.projection_dim},
-  {info['parameters'] / 1e6:.1f}M parameters, QuickGELU
-- training: {cfg.steps} steps x {cfg.batch} pairs, AdamW lr {cfg.lr}, warm-up {cfg.warmup},
-  cosine decay, seed {cfg.seed}; {info['train_seconds_this_run']:.0f} s on this run's machine
+- architecture: ViT {mc.vision_config.image_size} px, patch {mc.vision_config.patch_size}, width {mc.vision_config.hidden_size}, {mc.vision_config.num_hidden_layers}+{mc.text_config.num_hidden_layers} layers, context {mc.text_config.max_position_embeddings}, embedding {mc.projection_dim}, {info['parameters'] / 1e6:.1f}M parameters, QuickGELU
+- training: {cfg.steps} steps x {cfg.batch} pairs, AdamW lr {cfg.lr}, warm-up {cfg.warmup}, cosine decay, seed {cfg.seed}; the last (or only) run took {info['train_seconds_this_run']:.0f} s (see training.json for the loss and validation history)
 - command: `safeclip mini build --only clip --force`
 
 ## Test-split metrics (`safeclip eval retrieval --preset mini`)
@@ -113,7 +109,7 @@ Gallery: the 2,000 safe and unsafe test images (text queries) or captions (image
 
 # the mini Safe-CLIP's training recipe: the paper's objective and LoRA targets; a larger LoRA
 # scale (alpha = r) than the official alpha=1, so that a few CPU epochs are enough
-SAFECLIP_ARGS = ["--epochs", "3", "--batch", "128", "--lora-r", "16", "--lora-alpha", "16",
+SAFECLIP_ARGS = ["--epochs", "2", "--batch", "128", "--lora-r", "16", "--lora-alpha", "16",
                  "--lr", "1e-3", "--n-val", "1000", "--ckpt-every", "100"]
 
 

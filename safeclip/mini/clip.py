@@ -14,10 +14,8 @@ from pathlib import Path
 
 import torch
 
+from ..encoders import OPENAI_MEAN, OPENAI_STD
 from ..tokenizer import clip_tokenizer
-
-OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
-OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def clip_config(width: int = 128,  # hidden size of both towers
@@ -60,7 +58,7 @@ def save_clip_dir(model, out_dir: str | Path, dtype: torch.dtype | None = None) 
     clip_tokenizer(ctx).save_pretrained(out)
     size = int(model.config.vision_config.image_size)
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-                       image_mean=OPENAI_MEAN, image_std=OPENAI_STD).save_pretrained(out)
+                       image_mean=list(OPENAI_MEAN), image_std=list(OPENAI_STD)).save_pretrained(out)
     return out
 
 

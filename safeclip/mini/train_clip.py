@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from ..encoders import image_features, text_features
 from .cache import load_split
-from .clip import OPENAI_MEAN, OPENAI_STD, clip_config, new_clip, save_clip_dir
+from ..train.data import normalise_u8 as pixels  # uint8 NHWC -> normalised NCHW
+from .clip import clip_config, new_clip, save_clip_dir
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +66,6 @@ class PairSampler:
         ids = self.ids[torch.from_numpy(pick), torch.from_numpy(wording)]
         imgs = np.stack([self.images[p // self.n][p % self.n] for p in pick])
         return ids, torch.from_numpy(imgs)
-
-
-def pixels(images_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC -> normalised float NCHW, as CLIPImageProcessor does for 64 px inputs."""
-    x = images_u8.permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 def clip_loss(model, ids, pix) -> torch.Tensor:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..mini.clip import OPENAI_MEAN, OPENAI_STD
+from ..encoders import OPENAI_MEAN, OPENAI_STD
 
 
 def normalise_u8(images_u8: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,14 @@ InfoNCE over the batch with a fixed logit scale of 100.
 | V_Sref      | nce(ref(S), ft(V))   | preservation (2) | 0.25 |
 | G_Sref      | nce(ref(S), ft(G))   | redirection (1)  | 0.5  |
 
+Two optional terms go beyond the paper (default weight 0, so the default objective is the
+paper's): ``U_Vref_Gneg`` asks each unsafe text to pick its safe image among the batch's safe
+reference images *and* the tuned unsafe images, ``G_Sref_Uneg`` asks each unsafe image to pick
+its safe caption among the reference safe captions *and* the tuned unsafe captions. The paper's
+terms never show the model an unsafe item as a negative, so redirected unsafe texts and images
+stay close to each other (an unsafe query keeps finding unsafe images); these two terms separate
+them. Both need unsafe images (full mode only).
+
 As the official code does, the weights are normalised to sum to 1 and the weighted sum is divided
 by the number of terms (``normalise=True``). Text-only mode keeps the four terms that need no
 unsafe image: text_safe, text_nsfw, S_Vref, U_Vref (it still needs safe images V).
@@ -49,9 +57,20 @@ TERMS = {
     "U_Vref": ("nce", "U", "V"),
     "V_Sref": ("nce_ref_first", "V", "S"),
     "G_Sref": ("nce_ref_first", "G", "S"),
+    # extensions (not in the paper): unsafe items of the other modality as hard negatives
+    "U_Vref_Gneg": ("hard", "U", "V"),
+    "G_Sref_Uneg": ("hard", "G", "S"),
 }
+HARD_NEGATIVE = {"U_Vref_Gneg": "G", "G_Sref_Uneg": "U"}  # term -> tuned negatives
 TEXT_ONLY = ("text_safe", "text_nsfw", "S_Vref", "U_Vref")
 MODES = {"full": tuple(TERMS), "text": TEXT_ONLY}
+
+
+def hard_nce(q: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+             scale: float = LOGIT_SCALE) -> torch.Tensor:
+    """Row i of ``q`` must pick row i of ``pos`` among all of ``pos`` and ``neg``."""
+    logits = scale * q @ torch.cat([pos, neg]).T
+    return F.cross_entropy(logits, torch.arange(len(q), device=q.device))
 
 
 def cos_d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -68,7 +87,8 @@ def nce(a: torch.Tensor, b: torch.Tensor, scale: float = LOGIT_SCALE) -> torch.T
 
 def needed_inputs(terms) -> tuple[set[str], set[str]]:
     """(ft inputs, ref inputs) that the given terms read."""
-    return {TERMS[t][1] for t in terms}, {TERMS[t][2] for t in terms}
+    ft = {TERMS[t][1] for t in terms} | {HARD_NEGATIVE[t] for t in terms if t in HARD_NEGATIVE}
+    return ft, {TERMS[t][2] for t in terms}
 
 
 class SafeClipLoss(torch.nn.Module):
@@ -119,6 +139,8 @@ class SafeClipLoss(torch.nn.Module):
                 terms[name] = cos_d(ft[a], ref[b])
             elif kind == "nce":
                 terms[name] = nce(ft[a], ref[b])
+            elif kind == "hard":
+                terms[name] = hard_nce(ft[a], ref[b], ft[HARD_NEGATIVE[name]])
             else:  # reference first: rows are the frozen texts, columns the tuned images
                 terms[name] = nce(ref[b], ft[a])
         total = sum(self.weights[k] * v for k, v in terms.items())
