@@ -80,25 +80,30 @@ def presets_main(argv=None) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def dispatch(argv, table: dict, prog: str, doc: str) -> int:
+    """Run the (sub)command of ``table`` ({name: ("module:function", help)}) named by argv[0],
+    importing its module only then."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(__doc__.strip() + "\n\ncommands:")
-        for name, (_, text) in COMMANDS.items():
-            print(f"  {name:10s} {text}")
+        print(doc.strip() + "\n\ncommands:")
+        for name, (_, text) in table.items():
+            print(f"  {name:16s} {text}")
         return 0 if argv else 2
-    if argv[0] == "--version":
+    if argv[0] not in table:
+        print(f"{prog}: unknown command {argv[0]!r}; one of: {', '.join(table)}", file=sys.stderr)
+        return 2
+    module, func = table[argv[0]][0].split(":")
+    return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:
         from importlib.metadata import version
         print(version("safeclip-studio"))
         return 0
-    if argv[0] not in COMMANDS:
-        print(f"safeclip: unknown command {argv[0]!r}; one of: {', '.join(COMMANDS)}",
-              file=sys.stderr)
-        return 2
-    target, _ = COMMANDS[argv[0]]
-    module, func = target.split(":")
     try:
-        return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+        return dispatch(argv, COMMANDS, "safeclip", __doc__)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -36,6 +36,15 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, most of all on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 TINY = dict(width=32, layers=2, heads=2, image_size=32, patch=8, context=16, embed_dim=24)
 
 

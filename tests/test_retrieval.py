@@ -19,12 +19,7 @@ from safeclip.retrieval import (Gallery, GalleryMismatchError, IndexOptions, add
 from safeclip.retrieval import ann
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_preset(dirs, name="tiny", clip=None):

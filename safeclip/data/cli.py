@@ -89,20 +89,8 @@ def check_main(argv=None) -> int:
 
 
 def main(argv=None) -> int:
-    import importlib
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(__doc__.strip() + "\n\nsubcommands:")
-        for name, (_, text) in SUBCOMMANDS.items():
-            print(f"  {name:16s} {text}")
-        return 0 if argv else 2
-    if argv[0] not in SUBCOMMANDS:
-        print(f"safeclip data: unknown subcommand {argv[0]!r}; one of: {', '.join(SUBCOMMANDS)}",
-              file=sys.stderr)
-        return 2
-    module, func = SUBCOMMANDS[argv[0]][0].split(":")
-    return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+    from ..cli import dispatch
+    return dispatch(argv, SUBCOMMANDS, "safeclip data", __doc__)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -187,12 +186,10 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-SUBCOMMANDS = {"retrieval": retrieval_main}
+SUBCOMMANDS = {"retrieval": ("safeclip.eval.cli:retrieval_main",
+                             "retrieval metrics of both models (mini world or real ViSU)")}
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in SUBCOMMANDS:
-        print(f"usage: safeclip eval {{{','.join(SUBCOMMANDS)}}} ...", file=sys.stderr)
-        return 2
-    return SUBCOMMANDS[argv[0]](argv[1:])
+    from ..cli import dispatch
+    return dispatch(argv, SUBCOMMANDS, "safeclip eval", __doc__)
