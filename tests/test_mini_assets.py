@@ -37,3 +37,11 @@ def test_mini_clip_links_unsafe_words_to_unsafe_images(metrics):
 
 def test_mini_judge_is_bundled():
     assert (Path(get_preset("mini").clip).parent / "mini-judge" / "model.safetensors").exists()
+
+
+def test_mini_safeclip_redirects_unsafe_items_and_keeps_safe_retrieval(metrics):
+    clip, safe = metrics["clip"], metrics["safeclip"]
+    assert safe["u2v_r10"] >= clip["u2v_r10"] + 0.3  # unsafe text finds the safe counterpart
+    assert safe["g2s_r10"] >= clip["g2s_r10"] + 0.3  # unsafe image finds the safe caption
+    assert safe["s2v_r10"] >= clip["s2v_r10"] - 0.05  # safe retrieval preserved
+    assert safe["nsfw_at10"] < clip["nsfw_at10"] - 0.15  # fewer unsafe images for unsafe text
