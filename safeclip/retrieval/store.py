@@ -75,7 +75,9 @@ def read_manifest(directory: str | Path) -> dict:
 # ------------------------------------------------------------------------------ provenance
 
 def model_fingerprint(ref: str | Path) -> str | None:
-    """sha1 over size and first MiB of each weights file of a local model (None for others)."""
+    """sha1 over the size and 32 evenly spaced 32 KiB samples of each weights file of a local
+    model (None for others). Sampling the whole file matters: a fine-tune that leaves the first
+    tensors alone (token embeddings, under LoRA) must still change the fingerprint."""
     path = Path(ref)
     files = ([path] if path.is_file() else
              sorted(p for ext in ("*.safetensors", "*.bin", "*.pt") for p in path.glob(ext))
@@ -84,9 +86,12 @@ def model_fingerprint(ref: str | Path) -> str | None:
         return None
     h = hashlib.sha1()
     for f in files:
-        h.update(f"{f.name}:{f.stat().st_size}:".encode())
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}:".encode())
         with f.open("rb") as fh:
-            h.update(fh.read(1 << 20))
+            for k in range(32):
+                fh.seek(size * k // 32)
+                h.update(fh.read(1 << 15))
     return h.hexdigest()
 
 
