@@ -110,7 +110,6 @@ def test_early_stopping_after_patience(tiny_world, tmp_path):
 
 
 def test_export_round_trips(tiny_world, tmp_path):
-    from safeclip.convert import hf_to_open_clip  # noqa: F401 - the open_clip form below
     from safeclip.encoders import load_clip
     from safeclip.presets import Preset
     from safeclip.train.export import export_all

@@ -50,7 +50,6 @@ def step_judge(work: Path, out: Path, force: bool) -> dict:
 
 def step_clip(work: Path, out: Path, force: bool) -> dict:
     from .train_clip import ClipTrainConfig, train_mini_clip
-    from ..eval.retrieval import evaluate_encoder
 
     target = out / "mini-clip"
     if (target / "model.safetensors").exists() and not force:
