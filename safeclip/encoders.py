@@ -240,7 +240,7 @@ def _load_transformers(name, ref, preset, role, device, dtype) -> HFClipEncoder:
     from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
     path = fetch(ref, preset.name, role, files=["*.json", "*.txt", "*.safetensors"])
-    if not any(path.glob("*.safetensors")) and not (path / "config.json").exists():
+    if not (path / "config.json").exists():
         raise unavailable(ref, preset.name, role, f"{path} holds no CLIPModel (config.json)")
     if not any(path.glob("*.safetensors")) and not Path(ref).exists():  # .bin-only Hub repos
         path = fetch(ref, preset.name, role, files=["*.json", "*.txt", "pytorch_model.bin"])
