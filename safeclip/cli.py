@@ -26,6 +26,8 @@ COMMANDS = {
     "data": ("safeclip.data.cli:main", "ViSU data: check, generate-unsafe"),
     "index": ("safeclip.index_cli:main", "build / extend faiss indexes of galleries (both models)"),
     "search": ("safeclip.index_cli:search_main", "search an index with both models, side by side"),
+    "generate": ("safeclip.generation:main", "one prompt, two images: original and safe text encoder"),
+    "caption": ("safeclip.captioning:main", "one image, two captions: original and safe vision tower"),
 }
 
 

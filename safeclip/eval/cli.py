@@ -186,8 +186,14 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-SUBCOMMANDS = {"retrieval": ("safeclip.eval.cli:retrieval_main",
-                             "retrieval metrics of both models (mini world or real ViSU)")}
+SUBCOMMANDS = {
+    "retrieval": ("safeclip.eval.cli:retrieval_main",
+                  "retrieval metrics of both models (mini world or real ViSU)"),
+    "generation": ("safeclip.eval.generation:main",
+                   "paired generation: unsafe rate, fidelity, CLIP score per model"),
+    "captioning": ("safeclip.eval.captioning:main",
+                   "paired captioning: unsafe caption rate and accuracy per model"),
+}
 
 
 def main(argv=None) -> int:
