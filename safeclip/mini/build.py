@@ -28,7 +28,7 @@ from ..presets import MINI_MODELS
 
 logger = logging.getLogger(__name__)
 
-STEPS = ("data", "judge", "clip", "safeclip")
+STEPS = ("data", "judge", "clip", "safeclip", "sd", "llava")
 DEFAULT_WORK = Path("work") / "mini"
 
 
@@ -157,7 +157,20 @@ ahead of training), then merged into a plain transformers `CLIPModel` (fp16 safe
 """)
 
 
-RUNNERS = {"data": step_data, "judge": step_judge, "clip": step_clip, "safeclip": step_safeclip}
+def step_sd(work: Path, out: Path, force: bool) -> dict:
+    from .train_sd import build_step  # the mini generator (issue 6)
+
+    return build_step(work, out, force)
+
+
+def step_llava(work: Path, out: Path, force: bool) -> dict:
+    from .train_llava import build_step  # the mini captioner (issue 7)
+
+    return build_step(work, out, force)
+
+
+RUNNERS = {"data": step_data, "judge": step_judge, "clip": step_clip, "safeclip": step_safeclip,
+           "sd": step_sd, "llava": step_llava}
 
 
 def build(work: Path = DEFAULT_WORK, out: Path = MINI_MODELS, only=None, force: bool = False) -> dict:
@@ -168,7 +181,7 @@ def build(work: Path = DEFAULT_WORK, out: Path = MINI_MODELS, only=None, force: 
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("safeclip").addHandler(handler)
     steps = list(only or STEPS)
-    if "data" not in steps and any(s in steps for s in ("clip", "safeclip")):
+    if "data" not in steps and any(s in steps for s in ("clip", "safeclip", "sd", "llava")):
         steps.insert(0, "data")  # training needs the rendered data (a no-op when present)
     report, t_all = {}, time.time()
     try:
