@@ -1,30 +1,40 @@
 """Safe-CLIP Studio: original CLIP and Safe-CLIP side by side.
 
-    python app.py [--preset mini] [--host 127.0.0.1] [--port 7860] [--share]
+    python app.py [--preset auto|mini|vit-l-14|vit-l-14-336|vit-h-14] [--gallery DIR]
+                  [--host 127.0.0.1] [--port 7860] [--share]
 
-Flags also read from the environment (for Hugging Face Spaces): SAFECLIP_PRESET, GRADIO_SERVER_NAME,
-GRADIO_SERVER_PORT. ``demo`` at module level lets ``gradio app.py`` hot-reload.
+Every flag also reads from the environment (for Hugging Face Spaces): SAFECLIP_PRESET,
+SAFECLIP_GALLERY, GRADIO_SERVER_NAME, GRADIO_SERVER_PORT, SAFECLIP_SHARE. ``demo`` at module
+level lets ``gradio app.py`` hot-reload.
 """
 import argparse
 import os
+import threading
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home; works offline
 
 from demo.ui import build_ui  # noqa: E402
+from safeclip.services import Studio  # noqa: E402
 
 
 def parse_args(argv=None):
+    env = os.environ.get
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default=os.environ.get("SAFECLIP_PRESET", "mini"))
-    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
-    p.add_argument("--share", action="store_true")
+    p.add_argument("--preset", default=env("SAFECLIP_PRESET", "auto"),
+                   help="auto (default): a real preset when its weights are reachable, else mini")
+    p.add_argument("--gallery", default=env("SAFECLIP_GALLERY"),
+                   help="index built with `safeclip index build` (default: the mini gallery)")
+    p.add_argument("--host", default=env("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", 7860)))
+    p.add_argument("--share", action="store_true", default=env("SAFECLIP_SHARE") == "1")
     return p.parse_args(argv)
 
 
 args = parse_args([] if __name__ != "__main__" else None)
-demo = build_ui(args.preset)
+studio = Studio(args.preset, args.gallery)
+threading.Thread(target=studio.warm, args=("gallery",), daemon=True).start()  # retrieval first
+demo = build_ui(studio)
 
 if __name__ == "__main__":
-    demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port,
+    demo.queue(default_concurrency_limit=2).launch(server_name=args.host, server_port=args.port,
                                                    share=args.share)

@@ -1,35 +1,257 @@
-"""The Gradio interface. UI only: every model call goes through ``safeclip`` services.
+"""The Gradio interface: five tabs, each with a CLIP column and a Safe-CLIP column fed by the
+same input. UI only: every model call goes through ``safeclip.services.Studio``.
 
-The tabs of the full app (retrieval, generation, captioning, embedding space) arrive with their
-services; until then the page shows which world is running and the presets.
+API endpoints (for ``gradio_client``): ``/search_text``, ``/search_image``, ``/generate``,
+``/caption``, ``/embed_view``.
 """
 from __future__ import annotations
+
+import functools
+import logging
+import tempfile
+from pathlib import Path
 
 import gradio as gr
 
 from safeclip.presets import ROLES, get_preset, list_presets
 
+from . import handlers as h
+
+logger = logging.getLogger(__name__)
+
 WARNING = ("**Content warning.** This demo studies how models react to unsafe (NSFW) concepts. "
-           "Images judged unsafe are blurred by default.")
+           "Images the judge flags are blurred unless you tick *reveal*; flagged captions are "
+           "marked. The bundled mini world draws abstract glyphs, never explicit content.")
+REVEAL = "Reveal images judged unsafe (shows them unblurred)"
+PAPER = ("[Safe-CLIP: Removing NSFW Concepts from Vision-and-Language Models]"
+         "(https://arxiv.org/abs/2311.16254) (Poppi et al., ECCV 2024) fine-tunes CLIP so that "
+         "NSFW text and images stop landing in unsafe regions of its embedding space. Its text "
+         "encoder drops into Stable Diffusion and its vision encoder into LLaVA unchanged.")
+TEXT_EXAMPLES = ["a child holding a kite on the beach", "a dog with a ball in the park",
+                 "a woman holding a knife in the kitchen", "a man with a gun in the street"]
+GPU_QUEUE = "gpu"  # generation and captioning share one worker: one model on one GPU at a time
+COLOURS = {"safe image": "#2b8cbe", "safe text": "#7bccc4", "unsafe image": "#e34a33",
+           "unsafe text": "#fdbb84", "query": "#000000"}
+
+
+class ImageInput(gr.Image):
+    """An image upload handed to ``safeclip.images`` as a file, undecoded: that is where corrupt
+    files, decompression bombs and odd modes get a readable answer."""
+
+    @classmethod
+    def get_block_name(cls) -> str:
+        return "image"
+
+    def preprocess(self, payload):
+        if payload is not None and getattr(payload, "path", None):
+            return str(payload.path)
+        return super().preprocess(payload)
+
+
+def _bounded(payload, label, lo, hi):
+    """Out-of-range values (from API clients; the page's widgets cannot send them) get an error
+    that names the field."""
+    if payload is None:
+        return
+    try:
+        value = float(payload)
+    except (TypeError, ValueError):
+        raise gr.Error(f"{label} must be a number, not {payload!r}") from None
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise gr.Error(f"{label} must be between {lo:g} and {hi:g}, not {payload!r}")
+
+
+class Slider(gr.Slider):
+    @classmethod
+    def get_block_name(cls) -> str:
+        return "slider"
+
+    def preprocess(self, payload):
+        _bounded(payload, self.label, self.minimum, self.maximum)
+        return super().preprocess(payload)
+
+
+class Number(gr.Number):
+    @classmethod
+    def get_block_name(cls) -> str:
+        return "number"
+
+    def preprocess(self, payload):
+        _bounded(payload, self.label, self.minimum, self.maximum)
+        return super().preprocess(payload)
 
 
 def presets_table() -> list[list[str]]:
-    rows = []
-    for name in list_presets():
-        p = get_preset(name)
-        rows.append([p.name, p.backend, *[str(getattr(p, r) or "-") for r in ROLES]])
-    return rows
+    return [[p.name, p.backend, *[str(getattr(p, r) or "-") for r in ROLES]]
+            for p in map(get_preset, list_presets())]
 
 
-def build_ui(preset_name: str = "mini") -> gr.Blocks:
-    preset = get_preset(preset_name)
+def metrics_table(metrics: dict) -> list[list]:
+    """Rows of retrieval metrics: key, original, Safe-CLIP (from the models' metrics.json)."""
+    a, b = metrics.get("clip", {}), metrics.get("safe_clip", {})
+    keys = [k for k in a if isinstance(a.get(k), (int, float)) or isinstance(b.get(k), (int, float))]
+    return [[k, a.get(k), b.get(k)] for k in keys if k != "n"]
+
+
+def example_images(preset, n_safe: int = 4, n_unsafe: int = 2) -> list[str]:
+    """A few images of the mini world's test split, written once to a temporary folder."""
+    if preset.name != "mini":
+        return []
+    from safeclip.data.synthetic import SyntheticViSU
+    folder = Path(tempfile.gettempdir()) / "safeclip-examples"
+    folder.mkdir(exist_ok=True)
+    ds, paths = SyntheticViSU("test"), []
+    for i in range(max(n_safe, n_unsafe)):
+        item = ds[i * 7]
+        for part, count in (("V", n_safe), ("G", n_unsafe)):
+            if i < count:
+                p = folder / f"test-{i * 7:06d}-{part}.png"
+                if not p.exists():
+                    item[part].save(p)
+                paths.append(str(p))
+    return paths
+
+
+def build_ui(studio) -> gr.Blocks:
+    """The Blocks of the app for a ``Studio`` (see safeclip.services)."""
+    s = studio
+    bind = functools.partial
     with gr.Blocks(title="Safe-CLIP Studio") as demo:
-        gr.Markdown(f"# Safe-CLIP Studio\nWorld: **{preset.name}** — {preset.description}")
-        gr.Markdown(WARNING)
-        with gr.Tab("About"):
-            gr.Markdown("Safe-CLIP (Poppi et al., ECCV 2024) fine-tunes CLIP so that NSFW text "
-                        "and images stop landing in unsafe regions of its embedding space. "
-                        "[Paper](https://arxiv.org/abs/2311.16254)")
-            gr.Dataframe(value=presets_table(), headers=["preset", "backend", *ROLES],
+        gr.Markdown("# Safe-CLIP Studio\nOriginal CLIP and Safe-CLIP, side by side.")
+        gr.Markdown(s.world.banner, elem_id="world-banner")
+        gr.Markdown(WARNING, elem_id="content-warning")
+
+        with gr.Tab("Retrieval", id="retrieval"):
+            with gr.Row():
+                query = gr.Textbox(label="Text query", placeholder="a child holding a kite",
+                                   scale=4, elem_id="retrieval-query")
+                k = Slider(1, 50, value=10, step=1, label="top k", scale=1)
+            with gr.Row():
+                go_text = gr.Button("Search images with text", variant="primary",
+                                    elem_id="retrieval-go")
+                reveal_r = gr.Checkbox(False, label=REVEAL, elem_id="retrieval-reveal")
+            gr.Examples(TEXT_EXAMPLES, [query])
+            summary_r = gr.Markdown(elem_id="retrieval-summary")
+            with gr.Row():
+                with gr.Column():
+                    gal_c = gr.Gallery(label="CLIP", columns=5, elem_id="retrieval-clip")
+                with gr.Column():
+                    gal_s = gr.Gallery(label="Safe-CLIP", columns=5, elem_id="retrieval-safeclip")
+            with gr.Accordion("Image to text", open=False):
+                with gr.Row():
+                    q_image = ImageInput(label="Image query", type="filepath", height=200)
+                    go_image = gr.Button("Search captions with the image")
+                with gr.Row():
+                    tab_c = gr.Dataframe(label="CLIP", interactive=False)
+                    tab_s = gr.Dataframe(label="Safe-CLIP", interactive=False)
+            state_r = gr.State(None)
+            go_text.click(h.guard(bind(h.search_text, s)), [query, k, reveal_r],
+                          [gal_c, gal_s, summary_r, state_r], api_name="search_text",
+                          concurrency_limit=4, concurrency_id="retrieval")
+            query.submit(h.guard(bind(h.search_text, s)), [query, k, reveal_r],
+                         [gal_c, gal_s, summary_r, state_r], api_visibility="private",
+                         concurrency_id="retrieval")
+            reveal_r.change(h.guard(bind(h.rerender_text_search, s)), [state_r, reveal_r],
+                            [gal_c, gal_s, summary_r], api_visibility="private")
+            go_image.click(h.guard(bind(h.search_image, s)), [q_image, k],
+                           [tab_c, tab_s, summary_r], api_name="search_image",
+                           concurrency_id="retrieval")
+
+        with gr.Tab("Generation", id="generation"):
+            with gr.Row():
+                prompt = gr.Textbox(label="Prompt", scale=3, elem_id="generation-prompt")
+                negative = gr.Textbox(label="Negative prompt", scale=2)
+            with gr.Row():
+                seed = Number(0, label="seed", precision=0, minimum=0, maximum=2**32 - 1)
+                steps = Slider(1, 100, value=20, step=1, label="steps")
+                guidance = Slider(0.0, 20.0, value=7.5, step=0.5, label="guidance")
+            with gr.Row():
+                go_gen = gr.Button("Generate both", variant="primary", elem_id="generation-go")
+                reveal_g = gr.Checkbox(False, label=REVEAL, elem_id="generation-reveal")
+            gr.Examples(TEXT_EXAMPLES, [prompt])
+            notes_g = gr.Markdown()
+            with gr.Row():
+                with gr.Column():
+                    img_c = gr.Image(label="Stable Diffusion + CLIP text encoder", type="pil",
+                                     elem_id="generation-clip")
+                    ver_c = gr.Markdown(elem_id="generation-clip-verdict")
+                with gr.Column():
+                    img_s = gr.Image(label="Stable Diffusion + Safe-CLIP text encoder", type="pil",
+                                     elem_id="generation-safeclip")
+                    ver_s = gr.Markdown(elem_id="generation-safeclip-verdict")
+            state_g = gr.State(None)
+
+            def generate(prompt, negative, seed, steps, guidance, reveal,
+                         progress=gr.Progress(track_tqdm=True)):
+                return h.generate(s, prompt, negative, seed, steps, guidance, reveal)
+
+            go_gen.click(h.guard(h.gpu(generate)), [prompt, negative, seed, steps, guidance,
+                                                    reveal_g],
+                         [img_c, img_s, ver_c, ver_s, notes_g, state_g], api_name="generate",
+                         concurrency_limit=1, concurrency_id=GPU_QUEUE)
+            reveal_g.change(h.guard(h.rerender_generation), [state_g, reveal_g],
+                            [img_c, img_s, ver_c, ver_s, notes_g], api_visibility="private")
+
+        with gr.Tab("Captioning", id="captioning"):
+            with gr.Row():
+                c_image = ImageInput(label="Image", type="filepath", height=240,
+                                     elem_id="caption-image")
+                with gr.Column():
+                    question = gr.Textbox(label="Question", placeholder="Describe the image.",
+                                          elem_id="caption-question")
+                    max_tokens = Slider(1, 64, value=24, step=1, label="max new tokens")
+                    go_cap = gr.Button("Caption with both", variant="primary",
+                                       elem_id="caption-go")
+            examples = example_images(s.preset)
+            if examples:
+                gr.Examples(examples, [c_image], label="Images of the mini world")
+            notes_c = gr.Markdown()
+            with gr.Row():
+                with gr.Column():
+                    ans_c = gr.Textbox(label="LLaVA + CLIP vision tower", elem_id="caption-clip")
+                    flag_c = gr.Markdown()
+                with gr.Column():
+                    ans_s = gr.Textbox(label="LLaVA + Safe-CLIP vision tower",
+                                       elem_id="caption-safeclip")
+                    flag_s = gr.Markdown()
+
+            def caption(image, question, max_tokens, progress=gr.Progress(track_tqdm=True)):
+                return h.caption(s, image, question, max_tokens)
+
+            go_cap.click(h.guard(h.gpu(caption)), [c_image, question, max_tokens],
+                         [ans_c, ans_s, flag_c, flag_s, notes_c], api_name="caption",
+                         concurrency_limit=1, concurrency_id=GPU_QUEUE)
+
+        with gr.Tab("Embedding space", id="embedding"):
+            with gr.Row():
+                e_text = gr.Textbox(label="Text to place", scale=3, elem_id="embed-query")
+                e_image = ImageInput(label="or an image", type="filepath", height=140, scale=1)
+                go_emb = gr.Button("Place it", variant="primary", elem_id="embed-go")
+            gr.Examples(TEXT_EXAMPLES, [e_text])
+            summary_e = gr.Markdown(elem_id="embed-summary")
+            with gr.Row():
+                plot_kw = dict(x="x", y="y", color="group", color_map=COLOURS,
+                               tooltip=["group", "label"], height=380)
+                plot_c = gr.ScatterPlot(label="CLIP", title="CLIP (2-D PCA)",
+                                        elem_id="embed-clip", **plot_kw)
+                plot_s = gr.ScatterPlot(label="Safe-CLIP", title="Safe-CLIP (2-D PCA)",
+                                        elem_id="embed-safeclip", **plot_kw)
+            go_emb.click(h.guard(bind(h.embed_view, s)), [e_text, e_image],
+                         [plot_c, plot_s, summary_e], api_name="embed_view",
+                         concurrency_limit=2, concurrency_id="retrieval")
+
+        with gr.Tab("About", id="about"):
+            gr.Markdown(PAPER)
+            gr.Markdown(f"### Running world\n{s.world.banner}\n\n{s.preset.description}")
+            metrics = s.metrics()
+            rows = metrics_table(metrics)
+            if rows:
+                gr.Dataframe(rows, headers=["metric (test split)", "CLIP", "Safe-CLIP"],
+                             interactive=False, label="Measured retrieval metrics "
+                             "(read from the models' metrics.json)")
+            others = {r: m for r, m in metrics.items() if r not in ("clip", "safe_clip")}
+            if others:
+                gr.JSON(others, label="Measured metrics of the generator and captioner")
+            gr.Dataframe(presets_table(), headers=["preset", "backend", *ROLES],
                          interactive=False, label="Presets")
     return demo

@@ -74,3 +74,14 @@ def tiny_dirs(tiny_clip, tmp_path_factory):
     open_clip.add_model_config(arch_dir)
     return {"hf": root / "hf", "oc": root / "oc", "bin": root / "open_clip_pytorch_model.bin",
             "arch": "tiny-test-quickgelu"}
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory):
+    """``python app.py --preset mini`` in a subprocess, shared by the end-to-end tests."""
+    from demo.process import AppProcess
+
+    app = AppProcess(["--preset", "mini"], log=tmp_path_factory.mktemp("app") / "app.log")
+    app.start()
+    yield app
+    app.stop()

@@ -1,0 +1,187 @@
+"""Event handlers: turn the services' results into what the two columns show.
+
+Each handler takes the UI's inputs, calls ``safeclip.services.Studio`` and returns component
+values. Flagged images are blurred unless ``reveal`` is ticked; the raw results are kept in a
+``gr.State`` so that ticking the box re-renders without recomputing. Errors a user can fix come
+back as ``gr.Error`` with the services' message; the app keeps serving.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import re
+
+import gradio as gr
+import pandas as pd
+from PIL import Image
+
+from safeclip.safety import blur
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = ("clip", "safeclip")
+DISPLAY = 192  # px: mini images (64 px) are enlarged for display, nearest neighbour
+
+
+def guard(fn):
+    """Readable ``gr.Error`` for bad input and missing models; anything else is logged with its
+    traceback and reported in one line. Either way the app keeps serving."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (ValueError, TypeError, KeyError, FileNotFoundError) as e:  # ImageError included
+            raise gr.Error(readable(e)) from e
+        except Exception as e:  # noqa: BLE001 - never let one call take the app down
+            from safeclip.encoders import ModelUnavailableError
+            if isinstance(e, ModelUnavailableError):
+                raise gr.Error(str(e)) from e
+            logger.exception("%s failed", fn.__name__)
+            raise gr.Error(f"internal error ({type(e).__name__}): {e}") from e
+    return wrapper
+
+
+def readable(e: Exception) -> str:
+    """The message of ``e`` without server-side folders (uploads live in temporary paths)."""
+    text = str(e).strip("'\"") or type(e).__name__
+    return re.sub(r"(/[^\s/:]+)+/([^\s/:]+)", r"\2", text)
+
+
+def gpu(fn):
+    """``spaces.GPU`` on Hugging Face ZeroGPU Spaces; a no-op elsewhere."""
+    try:
+        import spaces
+    except ImportError:
+        return fn
+    return spaces.GPU(fn)
+
+
+def show(image: Image.Image, flagged: bool, reveal: bool) -> Image.Image:
+    image = image.convert("RGB")
+    if max(image.size) < DISPLAY:
+        scale = DISPLAY // max(image.size)
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    return blur(image) if flagged and not reveal else image
+
+
+def _flag_text(flagged, category=None, reveal=False, image=True) -> str:
+    if not flagged:
+        return ""
+    what = f"unsafe ({category})" if category else "unsafe"
+    return f" · {what}" + ("" if reveal or not image else " · blurred")
+
+
+def summary_line(k: int, counts: dict[str, int | None]) -> str:
+    c, s = (counts[m] if counts[m] is not None else "?" for m in COLUMNS)
+    return f"**Unsafe in top {k}: {c} (CLIP) vs {s} (Safe-CLIP)**"
+
+
+# -- retrieval ---------------------------------------------------------------------------------
+def render_text_search(studio, res, reveal: bool):
+    galleries = []
+    for m in COLUMNS:
+        items = []
+        for h in res.results[m]:
+            img = show(studio.image_of(h), bool(h.unsafe), reveal)
+            label = f"#{h.rank} · {h.score:.3f}{_flag_text(h.unsafe, h.category, reveal)}"
+            if h.text:
+                label += f" · {h.text}"
+            items.append((img, label))
+        galleries.append(items)
+    counts = {m: sum(bool(h.unsafe) for h in res.results[m]) for m in COLUMNS}
+    return galleries[0], galleries[1], summary_line(res.k, counts)
+
+
+def search_text(studio, query, k, reveal):
+    res = studio.search_text(query, k)
+    return (*render_text_search(studio, res, reveal), res)
+
+
+def rerender_text_search(studio, res, reveal):
+    if res is None:
+        return gr.skip(), gr.skip(), gr.skip()
+    return render_text_search(studio, res, reveal)
+
+
+def search_image(studio, image, k):
+    res = studio.search_image(image, k)
+    tables = []
+    for m in COLUMNS:
+        tables.append(pd.DataFrame(
+            [[h.rank, round(h.score, 4), h.text or h.id, "⚠ unsafe" if h.unsafe else ""]
+             for h in res.results[m]], columns=["rank", "score", "caption", "flag"]))
+    counts = {m: sum(bool(h.unsafe) for h in res.results[m]) for m in COLUMNS}
+    return tables[0], tables[1], summary_line(res.k, counts)
+
+
+# -- generation --------------------------------------------------------------------------------
+def render_generation(res, reveal: bool):
+    out = []
+    for m in COLUMNS:
+        g = getattr(res, m)
+        v = g.verdict
+        out.append(show(g.image, v.unsafe, reveal))
+    for m in COLUMNS:
+        v = getattr(res, m).verdict
+        if v.unsafe:
+            out.append(f"⚠ **judged unsafe** ({v.category or 'unsafe'}, score {v.score:.2f})"
+                       + ("" if reveal else " · blurred"))
+        else:
+            out.append(f"✓ judged safe (score {v.score:.2f})")
+    notes = "; ".join(res.warnings) if getattr(res, "warnings", None) else ""
+    return (*out, notes)
+
+
+def generate(studio, prompt, negative_prompt, seed, steps, guidance, reveal):
+    res = studio.generate(prompt, negative_prompt or None, seed=_int(seed, "seed"),
+                          steps=_int(steps, "steps"), guidance=guidance)
+    return (*render_generation(res, reveal), res)
+
+
+def rerender_generation(res, reveal):
+    if res is None:
+        return (gr.skip(),) * 5
+    return render_generation(res, reveal)
+
+
+def _int(value, name):
+    if value is None or value == "":
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, not {value!r}") from None
+    if f != int(f):
+        raise ValueError(f"{name} must be a whole number, not {value!r}")
+    return int(f)
+
+
+# -- captioning --------------------------------------------------------------------------------
+def caption(studio, image, question, max_new_tokens):
+    res = studio.caption(image, question or None, max_new_tokens=_int(max_new_tokens,
+                                                                        "max new tokens"))
+    out = []
+    for m in COLUMNS:
+        out.append(getattr(res, m).text)
+    for m in COLUMNS:
+        c = getattr(res, m)
+        out.append(f"⚠ **flagged**: {', '.join(c.terms)}" if c.flagged else "✓ no unsafe terms")
+    return (*out, "; ".join(res.warnings) if getattr(res, "warnings", None) else "")
+
+
+# -- embedding space ---------------------------------------------------------------------------
+def embed_view(studio, text, image):
+    views = studio.embed_view(text=text or None, image=image)
+    frames, lines = [], []
+    for m in COLUMNS:
+        v = views[m]
+        rows = list(v.points)
+        if v.query:
+            rows.append({"x": v.query["x"], "y": v.query["y"], "group": "query",
+                         "label": (text or "uploaded image")[:60]})
+        frames.append(pd.DataFrame(rows, columns=["x", "y", "group", "label"]))
+        lines.append(v.summary)
+    return (frames[0], frames[1],
+            f"**CLIP:** {lines[0]}. **Safe-CLIP:** {lines[1]}.")
