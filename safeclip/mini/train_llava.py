@@ -1,0 +1,334 @@
+"""Training the mini captioner: a tiny LLaVA whose vision tower is the mini CLIP's.
+
+    python -m safeclip.mini.train_llava --data work/data --out assets/models/mini-llava
+    safeclip mini build --only llava [--force]        # the same, as a build step
+
+A transformers ``LlavaForConditionalGeneration``: the frozen vision tower of ``mini-clip``, a
+two-layer projector and a small Llama language model with a word-level tokenizer, trained with
+one thread on the synthetic captions, safe images V -> safe captions S and unsafe images
+G -> unsafe captions U (like a web-trained captioner, it names what it sees, unsafe or not).
+The Safe-CLIP column needs no retraining: ``safeclip.captioning`` swaps in the vision tower of
+``mini-safeclip`` and keeps this projector and language model.
+
+The folder holds config.json (the full ``LlavaConfig``), model.safetensors (projector and
+language model in fp16; the vision tower is *not* duplicated there: it is loaded from the
+preset's CLIP, see ``captioner.json``), the tokenizer and a model card. The tower reads the last
+layer's patch tokens (``vision_feature_layer=-1``, CLS dropped): a linear probe showed that the
+mini Safe-CLIP removes the unsafe glyph from those far better than from the penultimate layer.
+Checkpoints are atomic every ``--ckpt-every`` steps and a restarted run resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+SPECIALS = ("<pad>", "<s>", "</s>", "<unk>", "<image>")  # ids 0..4, in this order
+QUESTIONS = ("Describe the image.", "Describe this image.", "What is in the picture?",
+             "What do you see?", "What is shown here?", "Write a caption for the image.")
+
+
+@dataclass
+class LlavaTrainConfig:
+    steps: int = 700  # optimisation steps
+    batch: int = 48  # image-caption pairs per step (safe and unsafe mixed)
+    lr: float = 1e-3  # peak learning rate (projector and language model)
+    weight_decay: float = 0.01
+    warmup: int = 60
+    seed: int = 0
+    hidden: int = 256  # language model width
+    layers: int = 4  # language model layers
+    heads: int = 4
+    ffn: int = 1024  # language model MLP width
+    ckpt_every: int = 50
+
+
+# ------------------------------------------------------------------------------ tokenizer
+def vocabulary() -> list[str]:
+    """Every word the mini world's captions and the training questions can contain."""
+    from ..data import synthetic as sx
+
+    texts = [w for ws in sx.SYNONYMS.values() for w in ws]
+    texts += [w for ws in sx.HELDOUT_SYNONYMS.values() for w in ws]
+    texts += [re.sub(r"\{[^}]*\}", " ", t) for t in sx.TEMPLATES + sx.HELDOUT_TEMPLATES]
+    texts += list(QUESTIONS) + ["USER: ASSISTANT: a an some the"]
+    words = set()
+    for t in texts:
+        words.update(re.findall(r"\w+|[^\w\s]+", t.lower()))
+    return list(SPECIALS) + sorted(words)
+
+
+def build_tokenizer():
+    """A word-level ``PreTrainedTokenizerFast`` (lower-cased, <s> prepended, <image> special)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(vocabulary())}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", unk_token="<unk>")
+    fast.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    return fast
+
+
+def llava_config(tokenizer, clip_dir: str | Path, cfg: LlavaTrainConfig):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vision = CLIPVisionConfig.from_pretrained(clip_dir)
+    n_img = (vision.image_size // vision.patch_size) ** 2
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=cfg.hidden, intermediate_size=cfg.ffn,
+                       num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
+                       num_key_value_heads=cfg.heads, max_position_embeddings=256,
+                       bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+    return LlavaConfig(vision_config=vision, text_config=text,
+                       image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                       image_seq_length=n_img, vision_feature_layer=-1,
+                       vision_feature_select_strategy="default", projector_hidden_act="gelu")
+
+
+# ----------------------------------------------------------------------------------- data
+class CaptionSampler:
+    """Batch ``step`` is a pure function of (seed, step): resuming is exact. Half the pairs
+    are (V, S), half (G, U); the question is drawn from QUESTIONS."""
+
+    def __init__(self, data: dict, tokenizer, n_img: int, seed: int):
+        from ..captioning import prompt_ids
+
+        self.V, self.G, self.S, self.U = data["V"], data["G"], data["S"], data["U"]
+        self.n, self.w = self.S.shape
+        self.tok, self.seed = tokenizer, seed
+        self.prompts = [prompt_ids(tokenizer, q, n_img) for q in QUESTIONS]
+
+    def batch(self, step: int, size: int):
+        from ..train.data import normalise_u8
+
+        rng = np.random.default_rng([self.seed, step])
+        idx = rng.choice(self.n, size=size, replace=False)
+        unsafe = np.arange(size) % 2 == 1
+        wording = rng.integers(0, self.w, size=size)
+        qs = rng.integers(0, len(self.prompts), size=size)
+        imgs = np.stack([(self.G if u else self.V)[i] for i, u in zip(idx, unsafe)])
+        caps = [str((self.U if u else self.S)[i, w]) for i, u, w in zip(idx, unsafe, wording)]
+        cap_ids = self.tok(caps, add_special_tokens=False).input_ids
+        seqs = [self.prompts[q] + c + [self.tok.eos_token_id] for q, c in zip(qs, cap_ids)]
+        length = max(map(len, seqs))
+        ids = torch.zeros(size, length, dtype=torch.long)
+        labels = torch.full((size, length), -100, dtype=torch.long)
+        mask = torch.zeros(size, length, dtype=torch.long)
+        for r, (q, s) in enumerate(zip(qs, seqs)):
+            ids[r, :len(s)] = torch.tensor(s)
+            mask[r, :len(s)] = 1
+            p = len(self.prompts[q])
+            labels[r, p:len(s)] = ids[r, p:len(s)]
+        return ids, mask, labels, normalise_u8(torch.from_numpy(imgs))
+
+
+# ------------------------------------------------------------------------------- training
+def _lr(cfg: LlavaTrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """The projector and language model weights (everything but the vision tower)."""
+    return {k: v for k, v in model.state_dict().items() if ".vision_tower." not in f".{k}"}
+
+
+def train_mini_llava(data_dir, out_dir, work_dir, clip_dir,
+                     cfg: LlavaTrainConfig | None = None) -> dict:
+    """Train (or resume) the mini captioner; write its folder to ``out_dir``; return a summary."""
+    cfg = cfg or LlavaTrainConfig()
+    from transformers import LlavaForConditionalGeneration
+
+    from ..captioning import load_tower_weights
+    from .cache import load_split
+
+    work, out = Path(work_dir), Path(out_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt = work / "mini-llava.ckpt"
+    tok = build_tokenizer()
+    config = llava_config(tok, clip_dir, cfg)
+    torch.manual_seed(cfg.seed)
+    model = LlavaForConditionalGeneration(config)
+    load_tower_weights(model.model.vision_tower, clip_dir)
+    model.model.vision_tower.requires_grad_(False).eval()
+    params = [p for n, p in model.named_parameters() if ".vision_tower." not in f".{n}"]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, history, seconds = 0, [], 0.0
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"], strict=False)
+        opt.load_state_dict(state["optim"])
+        step, history = int(state["step"]), json.loads(state["history"])
+        seconds = float(state.get("seconds", 0.0))
+        logger.info("resuming mini captioner training at step %d", step)
+    data = load_split(data_dir, "train")
+    sampler = CaptionSampler(data, tok, config.image_seq_length, cfg.seed)
+    n_train = sum(p.numel() for p in params)
+    logger.info("mini captioner: %.2fM trainable parameters, %d steps of %d pairs",
+                n_train / 1e6, cfg.steps, cfg.batch)
+    model.model.language_model.train()
+    model.model.multi_modal_projector.train()
+    t0, t_mark = time.time(), time.time()
+    bar = tqdm(total=cfg.steps, initial=step, desc="train mini captioner", unit="step")
+    while step < cfg.steps:
+        for g in opt.param_groups:
+            g["lr"] = _lr(cfg, step)
+        ids, mask, labels, pix = sampler.batch(step, cfg.batch)
+        loss = model(input_ids=ids, attention_mask=mask, pixel_values=pix, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % 10 == 0:
+            history.append({"step": step, "loss": round(loss.item(), 4)})
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            seconds += time.time() - t_mark
+            t_mark = time.time()
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save({"model": trainable_state(model), "optim": opt.state_dict(), "step": step,
+                        "history": json.dumps(history), "seconds": seconds}, tmp)
+            tmp.replace(ckpt)
+            logger.info("step %d: loss %.4f (%.0f s of training)", step, loss.item(), seconds)
+    bar.close()
+    model.eval()
+    save_captioner(model, tok, out, clip_dir)
+    info = {"config": asdict(cfg), "trainable_parameters": n_train, "history": history,
+            "train_seconds": round(seconds, 1), "this_run_seconds": round(time.time() - t0, 1)}
+    (out / "training.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def save_captioner(model, tokenizer, out: Path, clip_dir) -> None:
+    """config.json, model.safetensors (no vision tower, fp16), tokenizer, captioner.json."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(out)
+    tmp = out / "model.tmp.safetensors"
+    save_file({k: v.detach().half().contiguous() for k, v in trainable_state(model).items()},
+              str(tmp), metadata={"format": "pt"})
+    tmp.replace(out / "model.safetensors")
+    tokenizer.save_pretrained(out)
+    rel = Path(clip_dir).resolve()
+    try:
+        rel = Path("..") / rel.relative_to(out.resolve().parent)
+    except ValueError:
+        pass
+    (out / "captioner.json").write_text(json.dumps({
+        "vision_tower": str(rel),  # the CLIPModel folder whose vision_model is the tower
+        "vision_tower_note": "model.safetensors holds the projector and the language model; the "
+                             "vision tower is the preset's CLIP vision_model (frozen in training)",
+    }, indent=2))
+
+
+def build_step(work: Path, out: Path, force: bool) -> dict:
+    """``safeclip mini build --only llava``: train and evaluate the mini captioner."""
+    from .cache import render_split
+
+    target = Path(out) / "mini-llava"
+    if (target / "model.safetensors").exists() and not force:
+        logger.info("mini captioner exists at %s: skipped (--force to retrain)", target)
+        return {"llava": "skipped"}
+    work = Path(work)
+    if force:
+        (work / "ckpt" / "mini-llava.ckpt").unlink(missing_ok=True)
+    for split in ("validation", "test", "train"):
+        render_split(split, work / "data")
+    cfg = LlavaTrainConfig()
+    info = train_mini_llava(work / "data", target, work / "ckpt", Path(out) / "mini-clip", cfg)
+    from ..eval.captioning import evaluate_captioning
+
+    preset = {"clip": str(Path(out) / "mini-clip"), "safe_clip": str(Path(out) / "mini-safeclip"),
+              "llava": str(target)}
+    metrics = evaluate_captioning("mini", model_overrides=preset)
+    (target / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_card(target, info, metrics)
+    return {"llava": {k: v for k, v in metrics["models"].items()},
+            "train_seconds": info["train_seconds"]}
+
+
+def write_card(target: Path, info: dict, metrics: dict) -> None:
+    """The model card: architecture, training command and time, test-split metrics."""
+    from transformers import LlavaConfig
+
+    c = LlavaConfig.from_pretrained(target)
+    t, v, cfg = c.text_config, c.vision_config, info["config"]
+    rows = "\n".join(f"| {k} | {metrics['models']['clip'][k]:.3f} | {metrics['models']['safeclip'][k]:.3f} |"
+                     for k in metrics["models"]["clip"])
+    ex = metrics["examples"][0] if metrics.get("examples") else None
+    example = "" if ex is None else f"""
+Example (test item 0, {ex['tags']}):
+
+| tower | safe image V | unsafe image G |
+|---|---|---|
+| original | {ex['clip_V']} | {ex['clip_G']} |
+| Safe-CLIP | {ex['safeclip_V']} | {ex['safeclip_G']} |
+"""
+    (target / "README.md").write_text(f"""# mini-llava
+
+The mini world's captioner: a transformers `LlavaForConditionalGeneration` trained here (CPU, one
+thread) on the synthetic ViSU captions, safe images V -> safe captions S and unsafe images G ->
+unsafe captions U. The vision tower is the frozen vision model of `mini-clip` and is *not* stored
+here (`captioner.json`): `safeclip.captioning.load_captioner("mini")` loads it from the preset's
+CLIP, and the Safe-CLIP column swaps in `mini-safeclip`'s vision model, with this very projector
+and language model (no retraining).
+
+- language model: Llama, {t.num_hidden_layers} layers, width {t.hidden_size}, MLP {t.intermediate_size}, {t.num_attention_heads} heads, word-level vocabulary of {t.vocab_size} (tokenizer.json)
+- vision: CLIP ViT {v.image_size} px, patch {v.patch_size}, width {v.hidden_size}, {v.num_hidden_layers} layers; features of layer {c.vision_feature_layer} (the last), CLS dropped ({c.image_seq_length} image tokens), 2-layer GELU projector
+- {info['trainable_parameters'] / 1e6:.2f}M trained parameters, stored in fp16 (model.safetensors)
+- prompt: `USER: <image>\\n{{question}} ASSISTANT:`; trained with {len(QUESTIONS)} question wordings
+- training: {cfg['steps']} steps x {cfg['batch']} pairs (half safe, half unsafe), AdamW lr {cfg['lr']}, warm-up {cfg['warmup']}, cosine decay, seed {cfg['seed']}; {info['train_seconds']:.0f} s of training on one CPU thread (shared machine); loss history in training.json
+- command: `safeclip mini build --only llava --force` (or `python -m safeclip.mini.train_llava --data work/mini/data --out assets/models/mini-llava`)
+
+## Test-split metrics (`safeclip eval captioning --preset mini`, n={metrics['n']}, greedy, {metrics['question']!r})
+
+| metric | original tower | Safe-CLIP tower |
+|---|---|---|
+{rows}
+{example}""")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, help="rendered splits (safeclip.mini.cache)")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--clip", default=None, help="mini CLIP folder (default: assets/models/mini-clip)")
+    p.add_argument("--work", default=None, help="checkpoints (default: DATA/../ckpt)")
+    for f in ("steps", "batch", "seed", "hidden", "layers", "heads", "ffn", "warmup", "ckpt_every"):
+        p.add_argument("--" + f.replace("_", "-"), type=int, default=getattr(LlavaTrainConfig, f))
+    p.add_argument("--lr", type=float, default=LlavaTrainConfig.lr)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    from ..presets import MINI_MODELS
+
+    cfg = LlavaTrainConfig(**{k: getattr(args, k) for k in (
+        "steps", "batch", "seed", "hidden", "layers", "heads", "ffn", "warmup", "ckpt_every", "lr")})
+    work = args.work or str(Path(args.data).parent / "ckpt")
+    train_mini_llava(args.data, args.out, work, args.clip or MINI_MODELS / "mini-clip", cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,285 @@
+"""Paired captioning: batched pair == single-tower answers, tensor sharing, the text judge,
+bad inputs, the bundled mini captioner, the CLI and the eval command."""
+from __future__ import annotations
+
+import copy
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from safeclip.captioning import (
+    DEFAULT_QUESTION,
+    MAX_QUESTION_CHARS,
+    PairedCaptioner,
+    judge_text,
+    load_captioner,
+    unique_bytes,
+)
+from safeclip.images import ImageError
+from safeclip.presets import get_preset
+
+MINI_BUILT = (get_preset("mini", use_env=False).llava is not None
+              and (__import__("pathlib").Path(get_preset("mini", use_env=False).llava)
+                   / "model.safetensors").exists())
+needs_mini = pytest.mark.skipif(not MINI_BUILT, reason="the mini captioner is not built")
+LORA_LIKE = ("fc1.weight", "fc2.weight", "k_proj.weight", "v_proj.weight", "out_proj.weight",
+             "patch_embedding.weight")
+
+
+def tiny_captioner(layer=-1, strategy="default", share=True, seed=0) -> PairedCaptioner:
+    """Seeded tiny LLaVA (tiny CLIP tower + tiny Llama) and a safe tower that differs from the
+    original in the tensors Safe-CLIP's LoRA touches, as the real pair does."""
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
+
+    from safeclip.mini.train_llava import build_tokenizer
+
+    tok = build_tokenizer()
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, image_size=32, patch_size=8)
+    text = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                       num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                       max_position_embeddings=128, bos_token_id=1, eos_token_id=2,
+                       pad_token_id=0, initializer_range=0.2)
+    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_index=4,
+                      image_seq_length=16, vision_feature_layer=layer,
+                      vision_feature_select_strategy=strategy)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(cfg).eval()
+        safe = copy.deepcopy(model.model.vision_tower)
+        with torch.no_grad():
+            for name, p in safe.named_parameters():
+                if name.endswith(LORA_LIKE):
+                    p.add_(torch.randn_like(p) * 0.5)
+    proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return PairedCaptioner(model, safe, tok, proc, preset="mini", max_new_tokens=8, share=share)
+
+
+def images(n=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def tiny(one_thread):
+    return tiny_captioner()
+
+
+# ------------------------------------------------------------------- paired == single tower
+@pytest.mark.parametrize("layer,strategy", [(-1, "default"), (-2, "default"), (-1, "full")])
+def test_pair_equals_each_tower_alone(one_thread, layer, strategy):
+    cap = tiny_captioner(layer, strategy)
+    differ = 0
+    for im in images(3):
+        pair = cap.caption_pair(im, max_new_tokens=8)
+        alone = {w: cap.caption(im, which=w, max_new_tokens=8) for w in ("clip", "safeclip")}
+        assert pair.clip == alone["clip"]
+        assert pair.safeclip == alone["safeclip"]
+        assert pair.clip.tokens > 0
+        differ += pair.clip.text != pair.safeclip.text
+    assert differ > 0  # the towers really differ, so the equality above means something
+
+
+def test_batched_images_equal_one_by_one(tiny):
+    ims = images(3, seed=1)
+    many = tiny.caption_pairs(ims)
+    for im, res in zip(ims, many):
+        one = tiny.caption_pair(im)
+        assert (res.clip, res.safeclip) == (one.clip, one.safeclip)
+
+
+def test_sharing_keeps_answers_and_saves_memory(one_thread):
+    shared, plain = tiny_captioner(share=True), tiny_captioner(share=False)
+    n_lora = sum(name.endswith(LORA_LIKE) for name, _ in plain.safe_tower.named_parameters())
+    n_all = len(list(plain.safe_tower.parameters()))
+    assert shared.sharing["shared_tensors"] == n_all - n_lora
+    orig = dict(shared.model.model.vision_tower.named_parameters())
+    for name, p in shared.safe_tower.named_parameters():
+        assert (p is orig[name]) == (not name.endswith(LORA_LIKE))
+    mem_s, mem_p = shared.memory(), plain.memory()
+    assert mem_s["paired_bytes"] == mem_p["paired_bytes"] - shared.sharing["shared_bytes"]
+    assert mem_s["single_bytes"] == unique_bytes(shared.model) < mem_s["paired_bytes"]
+    for im in images(2, seed=2):
+        a, b = shared.caption_pair(im), plain.caption_pair(im)
+        assert (a.clip, a.safeclip) == (b.clip, b.safeclip)
+
+
+# ------------------------------------------------------------------------------ text judge
+@pytest.mark.parametrize("text,terms", [
+    ("a red dog holding a Pistol in the park", ["pistol"]),
+    ("there is a cat with a razor blade and a KNIFE", ["razor blade", "knife"]),
+    ("two guns, one gun", ["gun"]),
+    ("a man with some pills", ["pills"]),
+    ("a woman with a kite on the beach", []),
+    ("a gunshot-free skullcap, needlework and a bombastic hat", []),
+    ("", []),
+])
+def test_judge_text_mini(text, terms):
+    assert judge_text(text, "mini") == (bool(terms), terms)
+
+
+def test_judge_text_real_presets_use_the_word_list():
+    assert judge_text("A naked man with a rifle", "vit-l-14-336") == (True, ["naked", "rifle"])
+    assert judge_text("a kite on the beach", "vit-l-14-336") == (False, [])
+    assert judge_text("a bloody knife", "mini") == (True, ["knife"])  # "bloody": real list only
+
+
+# ------------------------------------------------------------------------------ bad inputs
+@pytest.mark.parametrize("mode,size", [("RGBA", (7, 300)), ("L", (1, 1)), ("P", (64, 64)),
+                                       ("I;16", (33, 20)), ("CMYK", (500, 90)), ("F", (16, 16))])
+def test_any_mode_and_size(tiny, mode, size):
+    im = Image.new(mode, size)
+    res = tiny.caption_pair(im)
+    assert isinstance(res.clip.text, str) and isinstance(res.safeclip.text, str)
+
+
+def test_paths_and_corrupt_images(tiny, tmp_path):
+    good = tmp_path / "ok.png"
+    images(1)[0].save(good)
+    assert tiny.caption_pair(str(good)).clip == tiny.caption_pair(Image.open(good)).clip
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with pytest.raises(ImageError):
+        tiny.caption_pair(str(bad))
+    with pytest.raises(ImageError):
+        tiny.caption_pair(tmp_path / "missing.png")
+
+
+def test_decompression_bomb_is_refused(tiny, monkeypatch):
+    import safeclip.images as images_mod
+
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 300)).save(buf, format="PNG")
+    monkeypatch.setattr(images_mod, "MAX_PIXELS", 10_000)
+    monkeypatch.setattr(images_mod.open_image, "__defaults__", (10_000,))
+    monkeypatch.setattr(images_mod.load_rgb, "__defaults__", (10_000,))
+    with pytest.raises(ImageError):
+        tiny.caption_pair(buf.getvalue())
+
+
+def test_questions(tiny):
+    im = images(1)[0]
+    empty = tiny.caption_pair(im, question="   ")
+    assert empty.settings["question"] == DEFAULT_QUESTION
+    assert any("default question" in w for w in empty.warnings)
+    assert tiny.caption_pair(im, question=None).warnings == []
+    long = tiny.caption_pair(im, question="describe the image " * 100)
+    assert len(long.settings["question"]) == MAX_QUESTION_CHARS
+    assert any("truncated" in w for w in long.warnings)
+    odd = tiny.caption_pair(im, question="Quelle est cette chose?")
+    assert any("does not know" in w for w in odd.warnings)
+    with pytest.raises(ValueError):
+        tiny.caption_pair(im, question=42)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 10**6, 2.5, True, "8"])
+def test_max_new_tokens_range(tiny, bad):
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        tiny.caption_pair(images(1)[0], max_new_tokens=bad)
+
+
+def test_limits_and_defaults(tiny):
+    assert tiny.defaults == {"question": DEFAULT_QUESTION, "max_new_tokens": 8}
+    lo = tiny.limits["max_new_tokens"][0]
+    assert tiny.caption_pair(images(1)[0], max_new_tokens=lo).clip.tokens <= lo
+
+
+def test_threads_share_one_captioner(tiny):
+    from concurrent.futures import ThreadPoolExecutor
+
+    ims = images(4, seed=3)
+    serial = [tiny.caption_pair(im).safeclip for im in ims]
+    with ThreadPoolExecutor(4) as pool:
+        assert [r.safeclip for r in pool.map(tiny.caption_pair, ims)] == serial
+
+
+# ------------------------------------------------------------------------------- loading
+def test_load_errors_are_clear(tmp_path):
+    from safeclip.encoders import ModelUnavailableError
+
+    with pytest.raises(ValueError, match="no captioner"):
+        load_captioner("vit-l-14")
+    with pytest.raises(ValueError, match="quantize"):
+        load_captioner("mini", quantize="3bit")
+    with pytest.raises(ModelUnavailableError, match="--llava"):
+        load_captioner("vit-l-14-336", overrides={"llava": str(tmp_path / "no-llava")})
+    with pytest.raises(ModelUnavailableError, match="mini build"):
+        load_captioner("mini", overrides={"llava": str(tmp_path / "not-built")})
+
+
+@pytest.mark.hub
+def test_real_llava_loads():  # pragma: no cover - needs the Hub and ~15 GB
+    cap = load_captioner("vit-l-14-336", quantize="4bit" if torch.cuda.is_available() else None)
+    res = cap.caption_pair(Image.new("RGB", (336, 336), "white"), max_new_tokens=8)
+    assert res.clip.text and res.safeclip.text
+    assert cap.sharing["shared_tensors"] > 0
+
+
+# ---------------------------------------------------------------- the bundled mini captioner
+@pytest.fixture(scope="module")
+def mini(one_thread):
+    if not MINI_BUILT:
+        pytest.skip("the mini captioner is not built")
+    return load_captioner("mini", device="cpu")
+
+
+@needs_mini
+def test_mini_captioner_describes_the_scene(mini):
+    from safeclip.data.synthetic import SyntheticViSU
+    from safeclip.eval.captioning import names
+
+    items = SyntheticViSU("validation", n=6)
+    ok = 0
+    for q in items:
+        res = mini.caption_pair(q["V"])
+        t = q["tags"]
+        ok += names(res.clip.text, t["subject"]) and names(res.clip.text, t["scene"])
+        assert res.clip.tokens > 3 and res.safeclip.text
+    assert ok >= 4
+    assert mini.sharing["shared_tensors"] > 0
+    mem = mini.memory()
+    assert mem["paired_bytes"] <= 1.15 * mem["single_bytes"]
+
+
+@needs_mini
+def test_caption_cli_json(tmp_path, capsys, one_thread):
+    from safeclip.cli import main
+    from safeclip.data.synthetic import SyntheticViSU
+
+    path = tmp_path / "g.png"
+    SyntheticViSU("test", n=1)[0]["G"].convert("RGBA").save(path)
+    assert main(["caption", "--preset", "mini", "--image", str(path), "--json",
+                 "--max-new-tokens", "20", "--log-level", "ERROR"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) >= {"clip", "safeclip", "settings", "warnings"}
+    assert set(out["clip"]) >= {"text", "flagged", "terms"}
+    assert out["settings"]["max_new_tokens"] == 20
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    assert main(["caption", "--image", str(bad), "--log-level", "ERROR"]) == 1
+    assert "not a readable image" in capsys.readouterr().err
+
+
+@needs_mini
+def test_eval_captioning_json(tmp_path, capsys, one_thread):
+    from safeclip.cli import main
+
+    out_file = tmp_path / "cap.json"
+    assert main(["eval", "captioning", "--preset", "mini", "--n", "3", "--json",
+                 "--out", str(out_file), "--log-level", "ERROR"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result == json.loads(out_file.read_text())
+    assert result["n"] == 3
+    for m in ("clip", "safeclip"):
+        assert set(result["models"][m]) >= {"unsafe_caption_rate", "safe_caption_accuracy"}
+        assert all(0.0 <= v <= 1.0 for v in result["models"][m].values())
