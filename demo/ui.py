@@ -29,6 +29,7 @@ PAPER = ("[Safe-CLIP: Removing NSFW Concepts from Vision-and-Language Models]"
          "encoder drops into Stable Diffusion and its vision encoder into LLaVA unchanged.")
 TEXT_EXAMPLES = ["a child holding a kite on the beach", "a dog with a ball in the park",
                  "a woman holding a knife in the kitchen", "a man with a gun in the street"]
+KEY_METRICS = ["nsfw_at10", "nsfw_at10_i2t", "u2v_r10", "g2s_r10", "s2v_r10", "v2s_r10"]
 GPU_QUEUE = "gpu"  # generation and captioning share one worker: one model on one GPU at a time
 COLOURS = {"safe image": "#2b8cbe", "safe text": "#7bccc4", "unsafe image": "#e34a33",
            "unsafe text": "#fdbb84", "query": "#000000"}
@@ -81,16 +82,26 @@ class Number(gr.Number):
         return super().preprocess(payload)
 
 
+def _short(ref) -> str:
+    """A model reference for display: bundled folders relative to the checkout."""
+    if not ref:
+        return "-"
+    root = str(Path(__file__).resolve().parents[1]) + "/"
+    return str(ref).removeprefix(root)
+
+
 def presets_table() -> list[list[str]]:
-    return [[p.name, p.backend, *[str(getattr(p, r) or "-") for r in ROLES]]
+    return [[p.name, p.backend, *[_short(getattr(p, r)) for r in ROLES]]
             for p in map(get_preset, list_presets())]
 
 
 def metrics_table(metrics: dict) -> list[list]:
     """Rows of retrieval metrics: key, original, Safe-CLIP (from the models' metrics.json)."""
     a, b = metrics.get("clip", {}), metrics.get("safe_clip", {})
-    keys = [k for k in a if isinstance(a.get(k), (int, float)) or isinstance(b.get(k), (int, float))]
-    return [[k, a.get(k), b.get(k)] for k in keys if k != "n"]
+    keys = [k for k in {**a, **b} if k != "n"
+            and (isinstance(a.get(k), (int, float)) or isinstance(b.get(k), (int, float)))]
+    keys.sort(key=lambda k: (KEY_METRICS.index(k) if k in KEY_METRICS else len(KEY_METRICS)))
+    return [[k, a.get(k), b.get(k)] for k in keys]
 
 
 def example_images(preset, n_safe: int = 4, n_unsafe: int = 2) -> list[str]:
@@ -228,13 +239,18 @@ def build_ui(studio) -> gr.Blocks:
                 e_image = ImageInput(label="or an image", type="filepath", height=140, scale=1)
                 go_emb = gr.Button("Place it", variant="primary", elem_id="embed-go")
             gr.Examples(TEXT_EXAMPLES, [e_text])
+            gr.Markdown("Gallery items of each model, drawn along the direction from its safe "
+                        "items to its unsafe ones (x) and the main other direction (y). The query "
+                        "is the black point. Blue: safe images, teal: safe captions, red: unsafe "
+                        "images, orange: unsafe captions.")
             summary_e = gr.Markdown(elem_id="embed-summary")
             with gr.Row():
                 plot_kw = dict(x="x", y="y", color="group", color_map=COLOURS,
-                               tooltip=["group", "label"], height=380)
-                plot_c = gr.ScatterPlot(label="CLIP", title="CLIP (2-D PCA)",
+                               tooltip=["group", "label"], height=380,
+                               x_title="← safe · · · unsafe →", y_title="main other direction")
+                plot_c = gr.ScatterPlot(label="CLIP", title="CLIP",
                                         elem_id="embed-clip", **plot_kw)
-                plot_s = gr.ScatterPlot(label="Safe-CLIP", title="Safe-CLIP (2-D PCA)",
+                plot_s = gr.ScatterPlot(label="Safe-CLIP", title="Safe-CLIP",
                                         elem_id="embed-safeclip", **plot_kw)
             go_emb.click(h.guard(bind(h.embed_view, s)), [e_text, e_image],
                          [plot_c, plot_s, summary_e], api_name="embed_view",

@@ -124,6 +124,20 @@ def check_int(value, name: str, lo: int, hi: int) -> int:
     return int(f)
 
 
+def unsafe_axes(x: np.ndarray, unsafe: np.ndarray) -> np.ndarray:
+    """Two orthonormal axes (dim x 2): the first runs from the safe items' centroid to the unsafe
+    ones' (so "how unsafe" reads left to right), the second is the main direction of the rest."""
+    mean = x.mean(0)
+    d = x[unsafe].mean(0) - x[~unsafe].mean(0) if unsafe.any() and (~unsafe).any() else None
+    if d is None or np.linalg.norm(d) < 1e-8:
+        _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+        return vt[:2].T
+    d = d / np.linalg.norm(d)
+    rest = (x - mean) - np.outer((x - mean) @ d, d)
+    _, _, vt = np.linalg.svd(rest, full_matrices=False)
+    return np.stack([d, vt[0]], axis=1)
+
+
 @dataclass
 class EmbedView:
     """One model's 2-D view: projected gallery points, the query's place, a one-line summary."""
@@ -247,16 +261,16 @@ class Studio:
                     groups.append(f"{'unsafe' if r.get('unsafe') else 'safe'} {kind}")
                     labels.append(r.get("text") or r.get("caption") or r.get("path") or r["id"])
             x = np.asarray(vecs, dtype=np.float32)
+            basis = unsafe_axes(x, np.array([g.startswith("unsafe") for g in groups]))
             mean = x.mean(0)
-            _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-            basis = vt[:2].T
             xy = (x - mean) @ basis
             self._views[model] = {"x": x, "xy": xy, "mean": mean, "basis": basis,
                                   "groups": groups, "labels": labels}
         return self._views[model]
 
     def embed_view(self, text=None, image=None) -> dict[str, EmbedView]:
-        """For each model, a 2-D PCA of safe and unsafe gallery items and the query placed on it."""
+        """For each model, safe and unsafe gallery items in 2-D (x: from the safe items' centroid
+        towards the unsafe ones', y: the main direction of the rest) and the query placed on it."""
         from .retrieval.store import MODELS
         if text is not None and str(text).strip():
             query, kind = check_prompt(text, "query"), "text"

@@ -1,0 +1,155 @@
+"""The app in a real browser: Playwright driving Debian's chromium, headless, on the mini world.
+
+Types into each tab, clicks, checks that both columns fill and that flagged images stay blurred
+until revealed, and saves a screenshot per tab under ``test-artifacts/screenshots/``. Needs
+``/usr/bin/chromium`` (``apt-get install chromium``, done by ``.ci/run``); without it the test is
+skipped with that reason, unless ``SAFECLIP_REQUIRE_BROWSER=1`` (set in CI) makes it fail.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+CHROMIUM = os.environ.get("SAFECLIP_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMEOUT = 120_000  # ms: the first generation and caption load their models
+
+
+@pytest.fixture(scope="module")
+def page(app_server):
+    missing = [what for what, ok in (("playwright", _has_playwright()),
+                                     (CHROMIUM, shutil.which(CHROMIUM) is not None)) if not ok]
+    if missing:
+        if os.environ.get("SAFECLIP_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"browser test required but missing: {', '.join(missing)}")
+        pytest.skip(f"no browser: missing {', '.join(missing)} (apt-get install chromium; "
+                    "pip install playwright)")
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(TIMEOUT)
+        pg.goto(app_server.url)
+        pg.get_by_text("World:").first.wait_for()
+        yield pg
+        browser.close()
+
+
+def _has_playwright() -> bool:
+    try:
+        import playwright  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def gallery_captions(page, elem_id: str) -> list[str]:
+    return page.locator(f"#{elem_id} .caption-label").all_inner_texts()
+
+
+def wait_images(page, elem_id: str, n: int = 1) -> None:
+    page.wait_for_function(
+        "([id, n]) => document.querySelectorAll(`#${id} img`).length >= n", arg=[elem_id, n])
+
+
+def shot(page, name: str) -> Path:
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight); window.scrollTo(0, 0)")
+    page.wait_for_function("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+    return path
+
+
+def test_retrieval_tab_fills_both_columns_and_blurs_until_revealed(page):
+    open_tab(page, "Retrieval")
+    page.locator("#retrieval-query textarea").fill("a man holding a knife in the kitchen")
+    page.locator("#retrieval-go").click()
+    wait_images(page, "retrieval-clip", 10)
+    wait_images(page, "retrieval-safeclip", 10)
+    page.locator("#retrieval-summary").get_by_text("Unsafe in top 10").wait_for()
+    before = page.locator("#retrieval-clip img").first.get_attribute("src")
+    captions = " ".join(gallery_captions(page, "retrieval-clip"))
+    assert "unsafe" in captions and "blurred" in captions, captions
+    shot(page, "retrieval")
+    page.locator("#retrieval-reveal input").check()
+    page.wait_for_function(
+        "src => document.querySelector('#retrieval-clip img').getAttribute('src') !== src",
+        arg=before)
+    assert "blurred" not in " ".join(gallery_captions(page, "retrieval-clip"))
+    shot(page, "retrieval-revealed")
+    page.locator("#retrieval-reveal input").uncheck()
+
+
+def test_generation_tab_shows_both_images_and_verdicts(page):
+    open_tab(page, "Generation")
+    page.locator("#generation-prompt textarea").fill("a dog with a ball in the park")
+    page.locator("#generation-go").click()
+    wait_images(page, "generation-clip")
+    wait_images(page, "generation-safeclip")
+    for elem in ("generation-clip-verdict", "generation-safeclip-verdict"):
+        page.locator(f"#{elem}").get_by_text("judged").wait_for()
+    shot(page, "generation")
+
+
+def test_generation_blurs_a_flagged_image_until_revealed(page):
+    open_tab(page, "Generation")
+    page.locator("#generation-prompt textarea").fill("a man holding a gun in the street")
+    page.locator("#generation-go").click()
+    verdict = page.locator("#generation-clip-verdict")
+    verdict.get_by_text("judged").wait_for()
+    if "unsafe" not in verdict.inner_text():
+        pytest.fail("the original generator drew no flagged image for an unsafe prompt: "
+                    + verdict.inner_text())
+    assert "blurred" in verdict.inner_text()
+    before = page.locator("#generation-clip img").first.get_attribute("src")
+    page.locator("#generation-reveal input").check()
+    page.wait_for_function(
+        "src => document.querySelector('#generation-clip img').getAttribute('src') !== src",
+        arg=before)
+    assert "blurred" not in verdict.inner_text()
+    shot(page, "generation-flagged-revealed")
+    page.locator("#generation-reveal input").uncheck()
+
+
+def test_captioning_tab_answers_in_both_columns(page):
+    open_tab(page, "Captioning")
+    page.get_by_role("tab", name="Captioning").wait_for()
+    page.locator(".gallery-item, button.gallery-item, [data-testid='examples'] button").first.click()
+    page.locator("#caption-question textarea").fill("What is in the picture?")
+    page.locator("#caption-go").click()
+    for elem in ("caption-clip", "caption-safeclip"):
+        page.wait_for_function(
+            "id => (document.querySelector(`#${id} textarea`) || {}).value", arg=elem)
+    shot(page, "captioning")
+
+
+def test_embedding_tab_draws_both_projections(page):
+    open_tab(page, "Embedding space")
+    page.locator("#embed-query textarea").fill("a woman holding a knife in the kitchen")
+    page.locator("#embed-go").click()
+    page.locator("#embed-summary").get_by_text("nearest items are unsafe").wait_for()
+    for elem in ("embed-clip", "embed-safeclip"):
+        page.wait_for_function(
+            "id => document.querySelector(`#${id}`).querySelector('canvas, svg')", arg=elem)
+    shot(page, "embedding")
+
+
+def test_about_tab_shows_measured_metrics(page):
+    open_tab(page, "About")
+    page.locator("text=Measured retrieval metrics >> visible=true").first.wait_for()
+    page.locator("text=nsfw_at10 >> visible=true").first.wait_for()
+    shot(page, "about")
