@@ -13,8 +13,7 @@ import threading
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home; works offline
 
-from demo.ui import build_ui  # noqa: E402
-from safeclip.services import Studio  # noqa: E402
+from safeclip.services import Studio  # noqa: E402  (light: imports neither torch nor gradio)
 
 
 def parse_args(argv=None):
@@ -32,7 +31,11 @@ def parse_args(argv=None):
 
 args = parse_args([] if __name__ != "__main__" else None)
 studio = Studio(args.preset, args.gallery)
-threading.Thread(target=studio.warm, args=("gallery",), daemon=True).start()  # retrieval first
+# retrieval's models load while gradio imports and the page is built: the first search is fast
+threading.Thread(target=studio.warm, args=("gallery",), daemon=True).start()
+
+from demo.ui import build_ui  # noqa: E402
+
 demo = build_ui(studio)
 
 if __name__ == "__main__":
