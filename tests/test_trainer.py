@@ -191,3 +191,22 @@ def test_two_processes_match_one_process(tiny_world, tmp_path):
     l2 = [h["loss"] for h in h2["history"] if "loss" in h]
     assert len(l1) == len(l2) == 4
     np.testing.assert_allclose(l1, l2, rtol=1e-4, atol=1e-5)
+
+
+def test_trimmed_padding_gives_the_same_text_features(tiny_clip):
+    from safeclip.encoders import text_features
+    from safeclip.train.trainer import trim_padding
+
+    eos = int(tiny_clip.config.text_config.eos_token_id)
+    ids = torch.full((3, 16), eos)
+    ids[:, 0] = eos - 1  # start token
+    ids[0, 1:4] = torch.tensor([320, 1929, 525])
+    ids[1, 1:7] = torch.tensor([320, 1125, 539, 320, 2368, 518])
+    trimmed = trim_padding(ids, eos)
+    assert trimmed.shape == (3, 8)  # the longest row's end token is at position 7
+    with torch.no_grad():
+        torch.testing.assert_close(text_features(tiny_clip, trimmed), text_features(tiny_clip, ids),
+                                   atol=1e-5, rtol=1e-5)
+    no_end = ids.clone()
+    no_end[2] = 7
+    assert trim_padding(no_end, eos).shape == ids.shape  # left alone

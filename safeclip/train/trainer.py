@@ -61,20 +61,34 @@ class TrainConfig:
     cpu: bool = False  # force CPU (e.g. two CPU processes under torchrun)
 
 
+def trim_padding(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """Drop the columns after the last end-of-text token of the batch. Exact for CLIP's text
+    tower, whose causal attention makes each position (the pooled end-of-text one included)
+    depend only on the tokens before it; captions of ~15 tokens padded to 77 cost 5x less."""
+    is_eos = input_ids == eos_token_id
+    if not bool(is_eos.any(1).all()):
+        return input_ids  # a row without its end token (truncated oddly): leave the batch alone
+    keep = int(is_eos.int().argmax(1).max()) + 1
+    return input_ids[:, :keep]
+
+
 class DualEncoder(torch.nn.Module):
-    """Runs the tuned model on a batch: texts S+U in one call, images V+G in one call.
+    """Runs the tuned model on a batch: texts S+U in one call (padding trimmed to the batch's
+    longest caption), images V+G in one call.
 
     A module of its own so that DistributedDataParallel wraps its ``forward``."""
 
     def __init__(self, clip):
         super().__init__()
         self.clip = clip
+        self.eos_token_id = int(clip.config.text_config.eos_token_id)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {}
         texts = [k for k in ("S", "U") if k in batch]
         if texts:
-            feats = text_features(self.clip, torch.cat([batch[k] for k in texts]))
+            ids = torch.cat([batch[k] for k in texts])
+            feats = text_features(self.clip, trim_padding(ids, self.eos_token_id))
             out.update(zip(texts, feats.split([len(batch[k]) for k in texts])))
         images = [k for k in ("V", "G") if k in batch]
         if images:
@@ -89,6 +103,7 @@ def reference_embeddings(clip, source, keys=("S", "V"), batch: int = 256, device
                          desc: str = "reference") -> dict[str, torch.Tensor]:
     """Normalised embeddings of ``keys`` for every item (and wording) of ``source``."""
     clip.eval()
+    eos = int(clip.config.text_config.eos_token_id)
     n, w = source.n, source.n_wordings
     out = {k: [] for k in keys}
     starts = range(0, n, batch)
@@ -97,7 +112,8 @@ def reference_embeddings(clip, source, keys=("S", "V"), batch: int = 256, device
         for k in keys:
             if k in ("S", "U"):
                 per_w = [source.get(idx, np.full(len(idx), j))[k] for j in range(w)]
-                e = torch.stack([text_features(clip, ids.to(device)) for ids in per_w], 1)
+                e = torch.stack([text_features(clip, trim_padding(ids.to(device), eos))
+                                 for ids in per_w], 1)
             else:
                 e = image_features(clip, source.get(idx, np.zeros(len(idx), int))[k].to(device))
             out[k].append(F.normalize(e.float(), dim=-1).cpu())
