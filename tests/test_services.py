@@ -1,0 +1,101 @@
+"""The app's services without the UI: world choice, input checks, the embedding view."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from safeclip import services
+from safeclip.services import Studio, check_int, check_prompt, resolve_world, unsafe_axes
+
+
+def test_auto_falls_back_to_mini_with_a_reason_when_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    world = resolve_world("auto", hub_timeout=0.5)
+    assert world.preset.name == "mini" and world.requested == "auto"
+    assert "did not answer" in world.reason and "mini" in world.banner
+
+
+def test_auto_takes_a_real_preset_whose_weights_are_on_disk(monkeypatch, tmp_path):
+    for role in ("clip", "safe_clip"):
+        (tmp_path / role).mkdir()
+    monkeypatch.setenv("SAFECLIP_CLIP", str(tmp_path / "clip"))
+    monkeypatch.setenv("SAFECLIP_SAFE_CLIP", str(tmp_path / "safe_clip"))
+    world = resolve_world("auto")
+    assert world.preset.name == "vit-l-14" and "on disk" in world.reason
+    assert "real weights" in world.banner
+
+
+def test_a_hanging_hub_costs_at_most_the_timeout(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    class Slow:
+        def model_info(self, *a, **k):
+            time.sleep(30)
+
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub, "HfApi", Slow)
+    t0 = time.perf_counter()
+    assert services._hub_answers("org/model", timeout=0.5) is False
+    assert time.perf_counter() - t0 < 2
+
+
+def test_an_explicit_preset_is_taken_as_asked():
+    assert resolve_world("vit-h-14").preset.name == "vit-h-14"
+    with pytest.raises(KeyError, match="unknown preset"):
+        resolve_world("vit-z-99")
+
+
+@pytest.mark.parametrize("text, message", [("", "empty"), ("   ", "empty"), (None, "empty"),
+                                           ("x" * 5000, "5,000 characters"), (3, "must be text")])
+def test_bad_prompts_are_refused_with_a_reason(text, message):
+    with pytest.raises(ValueError, match=message):
+        check_prompt(text)
+
+
+def test_good_prompts_pass_stripped():
+    assert check_prompt("  un chien 🐕 sur la plage ") == "un chien 🐕 sur la plage"
+    assert check_prompt("", allow_empty=True) == ""
+
+
+@pytest.mark.parametrize("value", [0, 51, 2.5, "ten", float("nan"), None])
+def test_out_of_range_k_is_refused(value):
+    with pytest.raises(ValueError, match="k must be"):
+        check_int(value, "k", 1, 50)
+
+
+def test_unsafe_axis_runs_from_safe_to_unsafe():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 16))
+    unsafe = np.arange(200) >= 100
+    x[unsafe, 3] += 4.0  # the unsafe items differ along dimension 3
+    basis = unsafe_axes(x, unsafe)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(2), atol=1e-6)
+    xy = (x - x.mean(0)) @ basis
+    assert xy[unsafe, 0].mean() > xy[~unsafe, 0].mean() + 3
+    assert abs(basis[3, 0]) > 0.9
+
+
+def test_mini_studio_searches_and_places_a_query():
+    studio = Studio("mini")
+    res = studio.search_text("a man holding a gun in the street", k=10)
+    flags = {m: sum(bool(h.unsafe) for h in res.results[m]) for m in ("clip", "safeclip")}
+    assert flags["clip"] >= 8  # the original finds the glyphs
+    views = studio.embed_view(text="a man holding a gun in the street")
+    for m in ("clip", "safeclip"):
+        v = views[m]
+        assert v.query is not None and 0 <= v.neighbours_unsafe <= 10
+        groups = {p["group"] for p in v.points}
+        assert groups == {"safe image", "unsafe image", "safe text", "unsafe text"}
+    # on the original's axis the unsafe query sits on the unsafe side of the gallery
+    c = views["clip"]
+    safe_x = np.mean([p["x"] for p in c.points if p["group"].startswith("safe")])
+    assert c.query["x"] > safe_x
+    assert studio.metrics()["clip"]["nsfw_at10"] >= 0.8  # read from the model folder
+
+
+def test_a_real_preset_without_a_gallery_says_how_to_build_one():
+    studio = Studio("vit-l-14")
+    with pytest.raises(ValueError, match="safeclip index build"):
+        studio.search_text("a dog", 5)
