@@ -1,0 +1,230 @@
+"""Paired generation: stock equality on seeded tiny components, sharing, input checks, the mini
+preset end to end, the CLI and the evaluation command (all offline, CPU)."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from safeclip.presets import MINI_MODELS
+
+MINI_SD = MINI_MODELS / "mini-sd" / "unet" / "config.json"
+needs_mini_sd = pytest.mark.skipif(not MINI_SD.exists(), reason="mini-sd not built")
+
+
+def tiny_components(scheduler="ddim"):
+    """Seeded tiny SD parts, like diffusers' get_dummy_components (tokenizer: the mini CLIP's)."""
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        PNDMScheduler,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=16,
+                                in_channels=4, out_channels=4,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                                cross_attention_dim=32, norm_num_groups=4, attention_head_dim=4)
+    kw = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    sched = {"ddim": lambda: DDIMScheduler(clip_sample=False, set_alpha_to_one=False, **kw),
+             "pndm": lambda: PNDMScheduler(skip_prk_steps=True, **kw),
+             "dpm": lambda: DPMSolverMultistepScheduler(**kw)}[scheduler]()
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3,
+                        down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4,
+                        norm_num_groups=4)
+    torch.manual_seed(0)
+    te = CLIPTextModel(CLIPTextConfig(bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+                                      hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                                      num_hidden_layers=2, max_position_embeddings=16,
+                                      vocab_size=49408)).eval()
+    safe = copy.deepcopy(te)
+    with torch.no_grad():  # a "merged LoRA": some projections move, the rest stays identical
+        g = torch.Generator().manual_seed(1)
+        for layer in safe.encoder.layers:
+            for lin in (layer.self_attn.k_proj, layer.self_attn.v_proj, layer.mlp.fc1):
+                lin.weight.add_(0.3 * torch.randn(lin.weight.shape, generator=g))
+    tok = CLIPTokenizer.from_pretrained(str(MINI_MODELS / "mini-clip"), model_max_length=16)
+    return dict(unet=unet.eval(), scheduler=sched, vae=vae.eval(), text_encoder=te,
+                tokenizer=tok), safe
+
+
+def stock(parts, text_encoder, prompt, negative, seed, steps, guidance, size=32):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(**{**parts, "text_encoder": text_encoder}, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(prompt, negative_prompt=negative, num_inference_steps=steps,
+                guidance_scale=guidance, height=size, width=size, output_type="np",
+                generator=torch.Generator().manual_seed(seed)).images[0]
+
+
+def paired_np(parts, safe, share=True, **kw):
+    from diffusers import StableDiffusionPipeline
+
+    from safeclip.generation import PairedStableDiffusion
+
+    pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    paired = PairedStableDiffusion(pipe, safe, share=share)
+    a, b = paired(kw.get("prompt", "a red dog holding a kite"), kw.get("negative"), kw.get("seed", 3),
+                  kw.get("steps", 4), kw.get("guidance", 6.0), 32, 32, progress=False)
+    return np.asarray(a, dtype=np.float32) / 255, np.asarray(b, dtype=np.float32) / 255, paired
+
+
+@pytest.mark.parametrize("scheduler,negative,guidance", [("ddim", None, 6.0),
+                                                          ("pndm", "blurry", 7.5),
+                                                          ("dpm", None, 1.0)])
+def test_each_image_equals_the_stock_pipeline(one_thread, scheduler, negative, guidance):
+    parts, safe = tiny_components(scheduler)
+    prompt = "a red dog holding a kite"
+    want_o = stock(parts, parts["text_encoder"], prompt, negative, 3, 4, guidance)
+    want_s = stock(parts, safe, prompt, negative, 3, 4, guidance)
+    got_o, got_s, _ = paired_np(parts, copy.deepcopy(safe), negative=negative, guidance=guidance)
+    # PIL rounding: at most one 8-bit level apart
+    assert np.abs(got_o - want_o).max() <= 1.01 / 255
+    assert np.abs(got_s - want_s).max() <= 1.01 / 255
+    assert np.abs(want_o - want_s).max() > 0.02  # the two encoders do draw different images
+
+
+def test_sharing_identical_tensors_keeps_outputs(one_thread):
+    from safeclip.generation.paired import share_identical_parameters, unique_storage_bytes
+
+    parts, safe = tiny_components()
+    a_ref, b_ref, p0 = paired_np(parts, copy.deepcopy(safe), share=False)
+    a, b, p1 = paired_np(parts, copy.deepcopy(safe), share=True)
+    assert np.array_equal(a, a_ref) and np.array_equal(b, b_ref)
+    te = parts["text_encoder"]
+    # the 49408 x 32 token embedding and the untouched layers are shared, the moved ones are not
+    assert p1.safe_text_encoder.embeddings.token_embedding.weight is te.embeddings.token_embedding.weight
+    assert p1.safe_text_encoder.encoder.layers[0].self_attn.k_proj.weight is not \
+        te.encoder.layers[0].self_attn.k_proj.weight
+    alone = unique_storage_bytes(te)
+    assert unique_storage_bytes(te, p1.safe_text_encoder) < 1.2 * alone
+    assert unique_storage_bytes(te, p0.safe_text_encoder) > 1.9 * alone
+    assert p1.shared_bytes > 0 and share_identical_parameters(te, p1.safe_text_encoder) == 0
+
+
+def tiny_generator(limits=None):
+    from diffusers import StableDiffusionPipeline
+
+    from safeclip.generation import PairedGenerator, PairedStableDiffusion
+    from safeclip.safety import get_judge
+
+    parts, safe = tiny_components()
+    pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return PairedGenerator(PairedStableDiffusion(pipe, safe), get_judge("mini"), "tiny",
+                           {"steps": 2, "guidance": 5.0, "size": 32, "negative_prompt": ""},
+                           limits or {"steps": (1, 50), "guidance": (1.0, 20.0), "size": (32,),
+                                      "seed": (0, 2**32 - 1)})
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"prompt": ""}, "empty"), ({"prompt": "   \n"}, "empty"), ({"prompt": None}, "text"),
+    ({"seed": -1}, "seed"), ({"seed": 2**32}, "seed"), ({"seed": 1.5}, "seed"),
+    ({"steps": 0}, "steps"), ({"steps": 51}, "steps"), ({"guidance": 0.5}, "guidance"),
+    ({"guidance": 21}, "guidance"), ({"size": 48}, "size"), ({"negative_prompt": 3}, "negative"),
+])
+def test_bad_inputs_raise_readable_value_errors(one_thread, kwargs, match):
+    gen = tiny_generator()
+    args = {"prompt": "a red dog", **kwargs}
+    with pytest.raises(ValueError, match=match):
+        gen.generate_pair(**args)
+
+
+def test_size_range_limits_and_overlong_prompt_warns(one_thread):
+    gen = tiny_generator({"steps": (1, 50), "guidance": (1.0, 20.0),
+                          "size": {"min": 32, "max": 64, "multiple": 8}, "seed": (0, 2**32 - 1)})
+    with pytest.raises(ValueError, match="multiple of 8"):
+        gen.generate_pair("a red dog", size=36)
+    with pytest.raises(ValueError, match="between"):
+        gen.generate_pair("a red dog", size=72)
+    long = " ".join(["a red dog holding a kite in the park"] * 5)
+    res = gen.generate_pair(long, seed=2**32 - 1, steps=1, progress=False)
+    assert len(res.warnings) == 1 and "truncated" in res.warnings[0] and "16" in res.warnings[0]
+    assert res.settings["seed"] == 2**32 - 1 and res.settings["size"] == 32
+    short = gen.generate_pair("a red dog", steps=1, progress=False)
+    assert short.warnings == []
+
+
+@pytest.fixture(scope="module")
+def mini_gen():
+    from safeclip.generation import load_generator
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_generator("mini", device="cpu")
+    torch.set_num_threads(n)
+
+
+@needs_mini_sd
+def test_mini_generator_returns_two_judged_64px_images(mini_gen):
+    from safeclip.safety import Verdict
+
+    assert mini_gen.defaults["size"] == 64 and mini_gen.limits["seed"] == (0, 2**32 - 1)
+    res = mini_gen.generate_pair("a red dog holding a kite in the park", seed=1, steps=4,
+                                 progress=False)
+    for g in (res.clip, res.safeclip):
+        assert g.image.size == (64, 64) and isinstance(g.verdict, Verdict)
+    assert res.settings["steps"] == 4 and res.settings["guidance"] == mini_gen.defaults["guidance"]
+    # the safe text encoder shares its untouched tensors (token embedding at least) with the original
+    assert mini_gen.paired.shared_bytes >= 49408 * 128 * 4
+    again = mini_gen.generate_pair("a red dog holding a kite in the park", seed=1, steps=4,
+                                   progress=False)
+    assert np.array_equal(np.asarray(again.clip.image), np.asarray(res.clip.image))
+
+
+@needs_mini_sd
+def test_generate_cli_writes_images_and_json(mini_gen, tmp_path, capsys):
+    from safeclip.generation import main
+
+    assert main(["--preset", "mini", "--prompt", "a blue cat with a ball on the beach",
+                 "--steps", "3", "--seed", "5", "--out", str(tmp_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert out["settings"] == saved["settings"] and saved["settings"]["seed"] == 5
+    for name in ("clip", "safeclip"):
+        assert (tmp_path / saved[name]["file"]).exists()
+        assert isinstance(saved[name]["flagged"], bool)
+
+
+@needs_mini_sd
+def test_eval_generation_command_gives_metrics(mini_gen, tmp_path, capsys):
+    from safeclip.eval.generation import main
+
+    assert main(["--preset", "mini", "--n", "2", "--steps", "3", "--json",
+                 "--out", str(tmp_path / "m.json")]) == 0
+    m = json.loads(capsys.readouterr().out)
+    for model in ("clip", "safeclip"):
+        for key in ("unsafe_rate", "safe_fidelity", "clip_score"):
+            assert 0.0 <= m[model][key] <= 1.0 or key == "clip_score"
+    assert m["n_prompts"]["unsafe"] == 2 and m["n_prompts"]["safe"] == 2
+
+
+@pytest.mark.hub
+def test_real_preset_generates_a_pair():
+    from safeclip.generation import load_generator
+
+    gen = load_generator("vit-l-14")
+    res = gen.generate_pair("a photo of a cat", steps=2, size=256, progress=False)
+    assert res.clip.image.size == (256, 256) and res.safeclip.image.size == (256, 256)
+
+
+def test_real_preset_offline_fails_cleanly(monkeypatch):
+    from safeclip.encoders import ModelUnavailableError
+    from safeclip.generation import load_generator
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelUnavailableError, match="--sd"):
+        load_generator("vit-l-14", overrides={"sd": "/nonexistent/sd-folder"}, cache=False)
