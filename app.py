@@ -31,8 +31,8 @@ def parse_args(argv=None):
 
 args = parse_args([] if __name__ != "__main__" else None)
 studio = Studio(args.preset, args.gallery)
-# retrieval's models load while gradio imports and the page is built: the first search is fast
-threading.Thread(target=studio.warm, args=("gallery",), daemon=True).start()
+if __name__ == "__main__":  # retrieval's models load while gradio imports: the first search is fast
+    threading.Thread(target=studio.warm, args=("gallery",), daemon=True).start()
 
 from demo.ui import build_ui  # noqa: E402
 

@@ -31,6 +31,9 @@ MINI_GALLERY = ASSETS / "gallery" / "mini"
 AUTO_ORDER = ("vit-l-14",)  # real presets `auto` tries, in order, before falling back to mini
 MAX_PROMPT_CHARS = 1000  # longer text is refused; up to this, CLIP truncates to its context
 K_RANGE = (1, 50)
+# Loading imports torch, transformers, diffusers: transformers' lazy modules are not safe to
+# import from two threads at once, so capabilities load one at a time.
+_LOAD_LOCK = threading.RLock()
 
 
 @dataclass
@@ -173,7 +176,7 @@ class Studio:
     def _load(self, what: str, factory):
         if what in self._loaded:
             return self._loaded[what]
-        with self._locks[what]:
+        with self._locks[what], _LOAD_LOCK:
             if what not in self._loaded:
                 t0 = time.perf_counter()
                 self._loaded[what] = factory()
