@@ -173,7 +173,8 @@ def build_ui(studio) -> gr.Blocks:
                 prompt = gr.Textbox(label="Prompt", scale=3, elem_id="generation-prompt")
                 negative = gr.Textbox(label="Negative prompt", scale=2)
             with gr.Row():
-                seed = Number(0, label="seed", precision=0, minimum=0, maximum=2**32 - 1)
+                seed = Number(0, label="seed", precision=0, minimum=0, maximum=2**32 - 1,
+                              elem_id="generation-seed")
                 steps = Slider(1, 100, value=20, step=1, label="steps")
                 guidance = Slider(0.0, 20.0, value=7.5, step=0.5, label="guidance")
             with gr.Row():
