@@ -239,13 +239,18 @@ def test_mini_captioner_describes_the_scene(mini):
     from safeclip.eval.captioning import names
 
     items = SyntheticViSU("validation", n=6)
-    ok = 0
+    scene = obj = flagged_clip = flagged_safe = 0
     for q in items:
         res = mini.caption_pair(q["V"])
         t = q["tags"]
-        ok += names(res.clip.text, t["subject"]) and names(res.clip.text, t["scene"])
+        scene += names(res.clip.text, t["scene"])
+        obj += names(res.clip.text, t["safe_object"])
         assert res.clip.tokens > 3 and res.safeclip.text
-    assert ok >= 4
+        unsafe = mini.caption_pair(q["G"])
+        flagged_clip += unsafe.clip.flagged
+        flagged_safe += unsafe.safeclip.flagged
+    assert scene >= 5 and obj >= 4  # the original tower reads the picture
+    assert flagged_clip >= 4 and flagged_safe <= 2  # and names the unsafe object; Safe-CLIP's not
     assert mini.sharing["shared_tensors"] > 0
     mem = mini.memory()
     assert mem["paired_bytes"] <= 1.15 * mem["single_bytes"]

@@ -16,6 +16,12 @@ preset's CLIP, see ``captioner.json``), the tokenizer and a model card. The towe
 layer's patch tokens (``vision_feature_layer=-1``, CLS dropped): a linear probe showed that the
 mini Safe-CLIP removes the unsafe glyph from those far better than from the penultimate layer.
 Checkpoints are atomic every ``--ckpt-every`` steps and a restarted run resumes.
+
+Measured trade-off (validation, n=100): stopping at step 250 of the 700-step schedule gives a
+Safe-CLIP column that almost never names an unsafe object (0.06) but often misreads safe images;
+``--select full --feature-noise 0.6 --steps 500 --stop 0`` (CLS kept, noisy features) gives a
+perfect original column and a Safe-CLIP column that keeps subject and scene (0.99) but names an
+unsafe object on 42% of unsafe images. See the model card.
 """
 from __future__ import annotations
 
@@ -41,7 +47,10 @@ QUESTIONS = ("Describe the image.", "Describe this image.", "What is in the pict
 
 @dataclass
 class LlavaTrainConfig:
-    steps: int = 700  # optimisation steps
+    steps: int = 700  # length of the learning-rate schedule (warm-up, cosine decay)
+    stop: int = 250  # stop after this many steps (0: at ``steps``); the bundled model stopped
+    #                  at 250 of 700: later checkpoints caption better with the original tower
+    #                  but their Safe-CLIP column names more unsafe objects (see the model card)
     batch: int = 48  # image-caption pairs per step (safe and unsafe mixed)
     lr: float = 1e-3  # peak learning rate (projector and language model)
     weight_decay: float = 0.01
@@ -52,6 +61,10 @@ class LlavaTrainConfig:
     heads: int = 4
     ffn: int = 1024  # language model MLP width
     ckpt_every: int = 50
+    feature_layer: int = -1  # vision_feature_layer of the captioner (LLaVA-1.5 uses -2)
+    select: str = "default"  # vision_feature_select_strategy: "default" drops CLS, "full" keeps it
+    feature_noise: float = 0.0  # training only: Gaussian noise on the tower's features, relative
+    #                             to their RMS (robustness to a changed tower; 0: off)
 
 
 # ------------------------------------------------------------------------------ tokenizer
@@ -96,8 +109,9 @@ def llava_config(tokenizer, clip_dir: str | Path, cfg: LlavaTrainConfig):
                        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
     return LlavaConfig(vision_config=vision, text_config=text,
                        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                       image_seq_length=n_img, vision_feature_layer=-1,
-                       vision_feature_select_strategy="default", projector_hidden_act="gelu")
+                       image_seq_length=n_img + (cfg.select == "full"),
+                       vision_feature_layer=cfg.feature_layer,
+                       vision_feature_select_strategy=cfg.select, projector_hidden_act="gelu")
 
 
 # ----------------------------------------------------------------------------------- data
@@ -145,6 +159,22 @@ def _lr(cfg: LlavaTrainConfig, step: int) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def caption_loss(model, ids, mask, labels, pix, noise: float = 0.0) -> torch.Tensor:
+    """LLaVA's own loss; with ``noise``, the tower's selected features get Gaussian noise of
+    that many times their RMS before the projector (the tower itself stays frozen)."""
+    if not noise:
+        return model(input_ids=ids, attention_mask=mask, pixel_values=pix, labels=labels).loss
+    cfg = model.config
+    with torch.no_grad():
+        h = model.model.vision_tower(pix, output_hidden_states=True).hidden_states[cfg.vision_feature_layer]
+        h = h[:, 1:] if cfg.vision_feature_select_strategy == "default" else h
+        h = h + noise * h.pow(2).mean(-1, keepdim=True).sqrt() * torch.randn_like(h)
+    feats = model.model.multi_modal_projector(h)
+    emb = model.get_input_embeddings()(ids)
+    emb = emb.masked_scatter((ids == cfg.image_token_id)[..., None], feats.to(emb.dtype))
+    return model(inputs_embeds=emb, attention_mask=mask, labels=labels).loss
+
+
 def trainable_state(model) -> dict[str, torch.Tensor]:
     """The projector and language model weights (everything but the vision tower)."""
     return {k: v for k, v in model.state_dict().items() if ".vision_tower." not in f".{k}"}
@@ -186,12 +216,13 @@ def train_mini_llava(data_dir, out_dir, work_dir, clip_dir,
     model.model.language_model.train()
     model.model.multi_modal_projector.train()
     t0, t_mark = time.time(), time.time()
-    bar = tqdm(total=cfg.steps, initial=step, desc="train mini captioner", unit="step")
-    while step < cfg.steps:
+    bar = tqdm(total=cfg.stop or cfg.steps, initial=step, desc="train mini captioner", unit="step")
+    last = cfg.stop or cfg.steps
+    while step < last:
         for g in opt.param_groups:
             g["lr"] = _lr(cfg, step)
         ids, mask, labels, pix = sampler.batch(step, cfg.batch)
-        loss = model(input_ids=ids, attention_mask=mask, pixel_values=pix, labels=labels).loss
+        loss = caption_loss(model, ids, mask, labels, pix, cfg.feature_noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -201,7 +232,7 @@ def train_mini_llava(data_dir, out_dir, work_dir, clip_dir,
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if step % 10 == 0:
             history.append({"step": step, "loss": round(loss.item(), 4)})
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+        if step % cfg.ckpt_every == 0 or step == last:
             seconds += time.time() - t_mark
             t_mark = time.time()
             tmp = ckpt.with_suffix(".tmp")
@@ -297,7 +328,7 @@ and language model (no retraining).
 - vision: CLIP ViT {v.image_size} px, patch {v.patch_size}, width {v.hidden_size}, {v.num_hidden_layers} layers; features of layer {c.vision_feature_layer} (the last), CLS dropped ({c.image_seq_length} image tokens), 2-layer GELU projector
 - {info['trainable_parameters'] / 1e6:.2f}M trained parameters, stored in fp16 (model.safetensors)
 - prompt: `USER: <image>\\n{{question}} ASSISTANT:`; trained with {len(QUESTIONS)} question wordings
-- training: {cfg['steps']} steps x {cfg['batch']} pairs (half safe, half unsafe), AdamW lr {cfg['lr']}, warm-up {cfg['warmup']}, cosine decay, seed {cfg['seed']}; {info['train_seconds']:.0f} s of training on one CPU thread (shared machine); loss history in training.json
+- training: {cfg.get('stop') or cfg['steps']} steps (of a {cfg['steps']}-step schedule) x {cfg['batch']} pairs (half safe, half unsafe), AdamW lr {cfg['lr']}, warm-up {cfg['warmup']}, cosine decay, seed {cfg['seed']}; {info['train_seconds']:.0f} s of training on one CPU thread (shared machine); loss history in training.json
 - command: `safeclip mini build --only llava --force` (or `python -m safeclip.mini.train_llava --data work/mini/data --out assets/models/mini-llava`)
 
 ## Test-split metrics (`safeclip eval captioning --preset mini`, n={metrics['n']}, greedy, {metrics['question']!r})
@@ -314,9 +345,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--clip", default=None, help="mini CLIP folder (default: assets/models/mini-clip)")
     p.add_argument("--work", default=None, help="checkpoints (default: DATA/../ckpt)")
-    for f in ("steps", "batch", "seed", "hidden", "layers", "heads", "ffn", "warmup", "ckpt_every"):
+    for f in ("steps", "stop", "batch", "seed", "hidden", "layers", "heads", "ffn", "warmup", "ckpt_every"):
         p.add_argument("--" + f.replace("_", "-"), type=int, default=getattr(LlavaTrainConfig, f))
     p.add_argument("--lr", type=float, default=LlavaTrainConfig.lr)
+    p.add_argument("--feature-layer", type=int, default=LlavaTrainConfig.feature_layer)
+    p.add_argument("--select", choices=["default", "full"], default=LlavaTrainConfig.select)
+    p.add_argument("--feature-noise", type=float, default=LlavaTrainConfig.feature_noise)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -324,7 +358,8 @@ def main(argv=None) -> int:
     from ..presets import MINI_MODELS
 
     cfg = LlavaTrainConfig(**{k: getattr(args, k) for k in (
-        "steps", "batch", "seed", "hidden", "layers", "heads", "ffn", "warmup", "ckpt_every", "lr")})
+        "steps", "stop", "batch", "seed", "hidden", "layers", "heads", "ffn", "warmup", "ckpt_every",
+        "lr", "feature_layer", "select", "feature_noise")})
     work = args.work or str(Path(args.data).parent / "ckpt")
     train_mini_llava(args.data, args.out, work, args.clip or MINI_MODELS / "mini-clip", cfg)
     return 0
