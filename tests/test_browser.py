@@ -141,7 +141,8 @@ def test_generation_blurs_a_flagged_image_until_revealed(page):
 def test_captioning_tab_answers_in_both_columns(page):
     open_tab(page, "Captioning")
     page.get_by_role("tab", name="Captioning").wait_for()
-    page.locator(".gallery-item, button.gallery-item, [data-testid='examples'] button").first.click()
+    page.locator("button.gallery-item >> visible=true").first.click()  # a mini-world image
+    page.wait_for_function("() => document.querySelector('#caption-image img')")
     page.locator("#caption-question textarea").fill("What is in the picture?")
     page.locator("#caption-go").click()
     for elem in ("caption-clip", "caption-safeclip"):
