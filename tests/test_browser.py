@@ -67,7 +67,7 @@ def wait_images(page, elem_id: str, n: int = 1) -> None:
 
 def shot(page, name: str) -> Path:
     page.evaluate("window.scrollTo(0, document.body.scrollHeight); window.scrollTo(0, 0)")
-    page.wait_for_function("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function("[...document.images].every(i => i.complete)")  # loaded or broken
     path = SHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     assert path.stat().st_size > 10_000
@@ -167,3 +167,35 @@ def test_about_tab_shows_measured_metrics(page):
     page.locator("text=Measured retrieval metrics >> visible=true").first.wait_for()
     page.locator("text=nsfw_at10 >> visible=true").first.wait_for()
     shot(page, "about")
+
+
+def error_toast(page, text: str) -> None:
+    page.locator(".toast-body >> visible=true").filter(has_text=text).first.wait_for()
+    for close in page.locator(".toast-close >> visible=true").all():
+        close.click()
+
+
+def test_bad_input_on_the_page_gets_a_message_and_the_app_keeps_serving(page, tmp_path):
+    open_tab(page, "Retrieval")
+    page.locator("#retrieval-query textarea").fill("   ")
+    page.locator("#retrieval-go").click()
+    error_toast(page, "empty")
+    page.locator("#retrieval-query textarea").fill("x" * 10_000)
+    page.locator("#retrieval-go").click()
+    error_toast(page, "10,000 characters")
+
+    open_tab(page, "Captioning")
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    page.locator("#caption-image input[type=file]").set_input_files(str(corrupt))
+    page.locator("#caption-go").click()
+    error_toast(page, "not a readable image")
+
+    open_tab(page, "Retrieval")  # still serving, and non-ASCII text is just text
+    before = page.locator("#retrieval-clip img").first.get_attribute("src")
+    page.locator("#retrieval-query textarea").fill("un chien 🐕 sur la plage, naïve")
+    page.locator("#retrieval-go").click()
+    page.wait_for_function(
+        "src => document.querySelector('#retrieval-clip img').getAttribute('src') !== src",
+        arg=before)
+    shot(page, "bad-input-then-normal")
