@@ -175,8 +175,9 @@ def build_ui(studio) -> gr.Blocks:
             with gr.Row():
                 seed = Number(0, label="seed", precision=0, minimum=0, maximum=2**32 - 1,
                               elem_id="generation-seed")
-                steps = Slider(1, 100, value=20, step=1, label="steps")
-                guidance = Slider(0.0, 20.0, value=7.5, step=0.5, label="guidance")
+                steps = Slider(1, 150, value=20 if s.preset.bundled else 30, step=1,
+                               label="steps")
+                guidance = Slider(1.0, 20.0, value=7.5, step=0.5, label="guidance")
             with gr.Row():
                 go_gen = gr.Button("Generate both", variant="primary", elem_id="generation-go")
                 reveal_g = gr.Checkbox(False, label=REVEAL, elem_id="generation-reveal")
