@@ -40,7 +40,7 @@ class AppProcess:
 
     def start(self) -> "AppProcess":
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        out = open(self.log, "w")
+        self._out = out = open(self.log, "w")  # noqa: SIM115 - the child writes to it until stop()
         self.started = time.perf_counter()
         self.proc = subprocess.Popen([sys.executable, self.script, *self.args, "--port",
                                       str(self.port)], cwd=ROOT, env=self.env, stdout=out,
@@ -73,6 +73,8 @@ class AppProcess:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        if getattr(self, "_out", None):
+            self._out.close()
 
     def __enter__(self):
         return self.start()

@@ -39,8 +39,7 @@ class ImageInput(gr.Image):
     """An image upload handed to ``safeclip.images`` as a file, undecoded: that is where corrupt
     files, decompression bombs and odd modes get a readable answer."""
 
-    @classmethod
-    def get_block_name(cls) -> str:
+    def get_block_name(self) -> str:
         return "image"
 
     def preprocess(self, payload):
@@ -49,37 +48,32 @@ class ImageInput(gr.Image):
         return super().preprocess(payload)
 
 
-def _bounded(payload, label, lo, hi):
-    """Out-of-range values (from API clients; the page's widgets cannot send them) get an error
-    that names the field."""
-    if payload is None:
-        return
-    try:
-        value = float(payload)
-    except (TypeError, ValueError):
-        raise gr.Error(f"{label} must be a number, not {payload!r}") from None
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise gr.Error(f"{label} must be between {lo:g} and {hi:g}, not {payload!r}")
+class Bounded:
+    """Mixin for number widgets: out-of-range values (from API clients; the page's widgets
+    cannot send them) get an error that names the field. The browser renders the gradio base."""
 
-
-class Slider(gr.Slider):
-    @classmethod
-    def get_block_name(cls) -> str:
-        return "slider"
+    def get_block_name(self) -> str:
+        base = next(c for c in type(self).__mro__ if c.__module__.startswith("gradio."))
+        return base.__name__.lower()
 
     def preprocess(self, payload):
-        _bounded(payload, self.label, self.minimum, self.maximum)
+        if payload is not None:
+            try:
+                value = float(payload)
+            except (TypeError, ValueError):
+                raise gr.Error(f"{self.label} must be a number, not {payload!r}") from None
+            lo, hi = self.minimum, self.maximum
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                raise gr.Error(f"{self.label} must be between {lo:g} and {hi:g}, not {payload!r}")
         return super().preprocess(payload)
 
 
-class Number(gr.Number):
-    @classmethod
-    def get_block_name(cls) -> str:
-        return "number"
+class Slider(Bounded, gr.Slider):
+    pass
 
-    def preprocess(self, payload):
-        _bounded(payload, self.label, self.minimum, self.maximum)
-        return super().preprocess(payload)
+
+class Number(Bounded, gr.Number):
+    pass
 
 
 def _short(ref) -> str:
