@@ -9,7 +9,6 @@ level lets ``gradio app.py`` hot-reload.
 """
 import argparse
 import os
-import threading
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home; works offline
 
@@ -30,12 +29,12 @@ def parse_args(argv=None):
 
 
 args = parse_args([] if __name__ != "__main__" else None)
-studio = Studio(args.preset, args.gallery)
-if __name__ == "__main__":  # retrieval's models load while gradio imports: the first search is fast
-    threading.Thread(target=studio.warm, args=("gallery",), daemon=True).start()
+# the world is chosen (Hub probe for `auto`) and retrieval's models load while gradio imports
+pending = Studio.start(args.preset, args.gallery, warm=("gallery",) if __name__ == "__main__" else ())
 
 from demo.ui import build_ui  # noqa: E402
 
+studio = pending()
 demo = build_ui(studio)
 
 if __name__ == "__main__":

@@ -201,6 +201,33 @@ class Studio:
         from .captioning import load_captioner
         return self._load("captioner", lambda: load_captioner(self.preset, device=self.device))
 
+    @classmethod
+    def start(cls, *args, warm=("gallery",), **kwargs):
+        """Build a Studio in a background thread (the Hub probe of ``auto`` and the loading of
+        ``warm`` overlap with whatever the caller does next, e.g. importing gradio); returns a
+        function that waits for the Studio (not for the warm-up) and returns it."""
+        box: dict = {}
+        ready = threading.Event()
+
+        def run():
+            try:
+                box["studio"] = studio = cls(*args, **kwargs)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                box["error"] = e
+                ready.set()
+                return
+            ready.set()
+            studio.warm(*warm)
+
+        threading.Thread(target=run, daemon=True, name="studio-start").start()
+
+        def result():
+            ready.wait()
+            if "error" in box:
+                raise box["error"]
+            return box["studio"]
+        return result
+
     def warm(self, *what: str) -> None:
         """Load these capabilities now (e.g. in a background thread at start-up)."""
         for w in what:

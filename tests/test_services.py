@@ -99,3 +99,10 @@ def test_a_real_preset_without_a_gallery_says_how_to_build_one():
     studio = Studio("vit-l-14")
     with pytest.raises(ValueError, match="safeclip index build"):
         studio.search_text("a dog", 5)
+
+
+def test_start_builds_in_the_background_and_reraises_errors():
+    wait = Studio.start("mini", warm=())
+    assert wait().preset.name == "mini"
+    with pytest.raises(KeyError, match="unknown preset"):
+        Studio.start("no-such-preset", warm=())()
