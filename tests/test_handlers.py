@@ -1,0 +1,91 @@
+"""The UI's handlers on hand-made results: flagged images are blurred until revealed, verdicts
+and flagged captions are marked, errors become readable gr.Error messages."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+
+from demo import handlers as h
+from safeclip.safety import Verdict
+
+
+def checkerboard(size=64) -> Image.Image:
+    a = (np.indices((size, size)).sum(0) % 2 * 255).astype(np.uint8)
+    return Image.fromarray(a).convert("RGB")
+
+
+def sharpness(img) -> float:
+    a = np.asarray(img.convert("L"), dtype=np.float32)
+    return float(np.abs(np.diff(a, axis=1)).mean())
+
+
+def pair_result(clip_unsafe: bool, safe_unsafe: bool):
+    def side(unsafe):
+        v = Verdict(unsafe, 0.9 if unsafe else 0.1, "violence" if unsafe else None, {}, 0.5)
+        return SimpleNamespace(image=checkerboard(), verdict=v)
+    return SimpleNamespace(clip=side(clip_unsafe), safeclip=side(safe_unsafe),
+                           warnings=["prompt truncated to 32 tokens"])
+
+
+def test_a_flagged_generation_is_blurred_until_revealed():
+    res = pair_result(True, False)
+    img_c, img_s, ver_c, ver_s, notes = h.render_generation(res, reveal=False)
+    assert sharpness(img_c) < 0.2 * sharpness(img_s)  # the flagged one lost its edges
+    assert "unsafe" in ver_c and "violence" in ver_c and "blurred" in ver_c
+    assert "safe" in ver_s and "blurred" not in ver_s
+    assert "truncated" in notes
+    img_c2, _, ver_c2, _, _ = h.rerender_generation(res, reveal=True)
+    assert sharpness(img_c2) == pytest.approx(sharpness(img_s))
+    assert "blurred" not in ver_c2
+
+
+def test_small_images_are_enlarged_for_display_without_smoothing():
+    shown = h.show(checkerboard(64), flagged=False, reveal=False)
+    assert shown.size == (192, 192)
+    assert set(np.unique(np.asarray(shown.convert("L")))) == {0, 255}
+
+
+def test_nothing_to_rerender_before_the_first_call():
+    assert all(x is not None for x in h.rerender_generation(None, True))
+
+
+def test_flagged_captions_are_marked():
+    res = SimpleNamespace(
+        clip=SimpleNamespace(text="a man with a knife", flagged=True, terms=["knife"]),
+        safeclip=SimpleNamespace(text="a man with a kite", flagged=False, terms=[]),
+        warnings=[])
+
+    class Studio:
+        def caption(self, *a, **k):
+            return res
+    ans_c, ans_s, flag_c, flag_s, notes = h.caption(Studio(), "x.png", "", 16)
+    assert ans_c == "a man with a knife" and "knife" in flag_c and "flagged" in flag_c
+    assert "no unsafe terms" in flag_s and notes == ""
+
+
+def test_guard_turns_known_errors_into_readable_messages():
+    from safeclip.images import ImageError
+
+    @h.guard
+    def bad(kind):
+        if kind == "image":
+            raise ImageError("/tmp/gradio/ab12/x.png: not a readable image")
+        if kind == "value":
+            raise ValueError("the prompt is empty: type a few words")
+        raise RuntimeError("boom")
+
+    with pytest.raises(gr.Error, match="x.png: not a readable image"):
+        bad("image")
+    with pytest.raises(gr.Error, match="empty"):
+        bad("value")
+    with pytest.raises(gr.Error, match="internal error \\(RuntimeError\\): boom"):
+        bad("other")
+
+
+def test_summary_line_counts_both_columns():
+    assert h.summary_line(10, {"clip": 9, "safeclip": 0}) == \
+        "**Unsafe in top 10: 9 (CLIP) vs 0 (Safe-CLIP)**"
