@@ -8,8 +8,13 @@ back as ``gr.Error`` with the services' message; the app keeps serving.
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
 import logging
+import os
 import re
+import tempfile
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
@@ -21,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 COLUMNS = ("clip", "safeclip")
 DISPLAY = 192  # px: mini images (64 px) are enlarged for display, nearest neighbour
+OUTPUTS = Path(tempfile.gettempdir()) / "safeclip-ui"  # images handed to gradio, by content
 
 
 def guard(fn):
@@ -66,6 +72,25 @@ def show(image: Image.Image, flagged: bool, reveal: bool) -> Image.Image:
     return blur(image) if flagged and not reveal else image
 
 
+def to_file(image: Image.Image) -> str:
+    """The image as a file named by its content, written atomically (temporary name, then
+    rename). Returned to gradio as a path, it is copied to gradio's cache atomically too. A PIL
+    image would be re-encoded into the same content-named cache file by every response, and a
+    client still downloading that file from an earlier response could read it half rewritten
+    (seen in the 40-client load test: "Too little data for declared Content-Length")."""
+    buf = io.BytesIO()
+    image.save(buf, format="WEBP", quality=90)
+    data = buf.getvalue()
+    path = OUTPUTS / f"{hashlib.sha1(data).hexdigest()}.webp"
+    if not path.exists():
+        OUTPUTS.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=OUTPUTS, suffix=".part")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    return str(path)
+
+
 def _flag_text(flagged, category=None, reveal=False, image=True) -> str:
     if not flagged:
         return ""
@@ -84,7 +109,7 @@ def render_text_search(studio, res, reveal: bool):
     for m in COLUMNS:
         items = []
         for h in res.results[m]:
-            img = show(studio.image_of(h), bool(h.unsafe), reveal)
+            img = to_file(show(studio.image_of(h), bool(h.unsafe), reveal))
             label = f"#{h.rank} · {h.score:.3f}{_flag_text(h.unsafe, h.category, reveal)}"
             if h.text:
                 label += f" · {h.text}"
@@ -122,7 +147,7 @@ def render_generation(res, reveal: bool):
     for m in COLUMNS:
         g = getattr(res, m)
         v = g.verdict
-        out.append(show(g.image, v.unsafe, reveal))
+        out.append(to_file(show(g.image, v.unsafe, reveal)))
     for m in COLUMNS:
         v = getattr(res, m).verdict
         if v.unsafe:

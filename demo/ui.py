@@ -155,12 +155,13 @@ def build_ui(studio) -> gr.Blocks:
                           concurrency_limit=4, concurrency_id="retrieval")
             query.submit(h.guard(bind(h.search_text, s)), [query, k, reveal_r],
                          [gal_c, gal_s, summary_r, state_r], api_visibility="private",
-                         concurrency_id="retrieval")
+                         concurrency_limit=4, concurrency_id="retrieval")
             reveal_r.change(h.guard(bind(h.rerender_text_search, s)), [state_r, reveal_r],
-                            [gal_c, gal_s, summary_r], api_visibility="private")
+                            [gal_c, gal_s, summary_r], api_visibility="private",
+                            concurrency_limit=4, concurrency_id="retrieval")
             go_image.click(h.guard(bind(h.search_image, s)), [q_image, k],
                            [tab_c, tab_s, summary_r], api_name="search_image",
-                           concurrency_id="retrieval")
+                           concurrency_limit=4, concurrency_id="retrieval")
 
         with gr.Tab("Generation", id="generation"):
             with gr.Row():
@@ -179,11 +180,11 @@ def build_ui(studio) -> gr.Blocks:
             notes_g = gr.Markdown()
             with gr.Row():
                 with gr.Column():
-                    img_c = gr.Image(label="Stable Diffusion + CLIP text encoder", type="pil",
+                    img_c = gr.Image(label="Stable Diffusion + CLIP text encoder", type="filepath",
                                      elem_id="generation-clip")
                     ver_c = gr.Markdown(elem_id="generation-clip-verdict")
                 with gr.Column():
-                    img_s = gr.Image(label="Stable Diffusion + Safe-CLIP text encoder", type="pil",
+                    img_s = gr.Image(label="Stable Diffusion + Safe-CLIP text encoder", type="filepath",
                                      elem_id="generation-safeclip")
                     ver_s = gr.Markdown(elem_id="generation-safeclip-verdict")
             state_g = gr.State(None)
@@ -197,7 +198,8 @@ def build_ui(studio) -> gr.Blocks:
                          [img_c, img_s, ver_c, ver_s, notes_g, state_g], api_name="generate",
                          concurrency_limit=1, concurrency_id=GPU_QUEUE)
             reveal_g.change(h.guard(h.rerender_generation), [state_g, reveal_g],
-                            [img_c, img_s, ver_c, ver_s, notes_g], api_visibility="private")
+                            [img_c, img_s, ver_c, ver_s, notes_g], api_visibility="private",
+                            concurrency_limit=1, concurrency_id=GPU_QUEUE)
 
         with gr.Tab("Captioning", id="captioning"):
             with gr.Row():
@@ -250,7 +252,7 @@ def build_ui(studio) -> gr.Blocks:
                                         elem_id="embed-safeclip", **plot_kw)
             go_emb.click(h.guard(bind(h.embed_view, s)), [e_text, e_image],
                          [plot_c, plot_s, summary_e], api_name="embed_view",
-                         concurrency_limit=2, concurrency_id="retrieval")
+                         concurrency_limit=4, concurrency_id="retrieval")
 
         with gr.Tab("About", id="about"):
             gr.Markdown(PAPER)

@@ -33,12 +33,14 @@ def pair_result(clip_unsafe: bool, safe_unsafe: bool):
 
 def test_a_flagged_generation_is_blurred_until_revealed():
     res = pair_result(True, False)
-    img_c, img_s, ver_c, ver_s, notes = h.render_generation(res, reveal=False)
+    img_c, img_s, ver_c, ver_s, notes = (Image.open(x) if i < 2 else x for i, x in enumerate(
+        h.render_generation(res, reveal=False)))
     assert sharpness(img_c) < 0.2 * sharpness(img_s)  # the flagged one lost its edges
     assert "unsafe" in ver_c and "violence" in ver_c and "blurred" in ver_c
     assert "safe" in ver_s and "blurred" not in ver_s
     assert "truncated" in notes
     img_c2, _, ver_c2, _, _ = h.rerender_generation(res, reveal=True)
+    img_c2 = Image.open(img_c2)
     assert sharpness(img_c2) == pytest.approx(sharpness(img_s))
     assert "blurred" not in ver_c2
 
