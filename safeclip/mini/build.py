@@ -10,6 +10,8 @@ Steps, in order (each resumable, each skipped when its artifact exists unless ``
   judge   train the mini judge (which objects an image shows)       -> OUT/mini-judge
   clip    train the mini CLIP on safe and unsafe pairs              -> OUT/mini-clip
   safeclip  fine-tune the mini CLIP into the mini Safe-CLIP (LoRA)  -> OUT/mini-safeclip
+  sd      train the mini Stable Diffusion (VAE, UNet) on mini CLIP text states -> OUT/mini-sd
+  llava   train the mini LLaVA (projector, language model) on the mini CLIP tower -> OUT/mini-llava
 
 Every step logs to WORK/build.log as well as the terminal, and the build ends with the test-split
 metrics written into each model folder (``metrics.json``) and its model card (``README.md``).
