@@ -20,7 +20,7 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
-from safeclip.safety import blur
+from safeclip.images import blur
 
 logger = logging.getLogger(__name__)
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import tempfile
 from pathlib import Path
 
 import gradio as gr
 
-from safeclip.presets import ROLES, get_preset, list_presets
+from safeclip.presets import ASSETS, ROLES, get_preset, list_presets
 
 from . import handlers as h
 
@@ -98,23 +97,12 @@ def metrics_table(metrics: dict) -> list[list]:
     return [[k, a.get(k), b.get(k)] for k in keys]
 
 
-def example_images(preset, n_safe: int = 4, n_unsafe: int = 2) -> list[str]:
-    """A few images of the mini world's test split, written once to a temporary folder."""
+def example_images(preset) -> list[str]:
+    """The bundled example images of the mini world (safe images first), for the captioning tab."""
     if preset.name != "mini":
         return []
-    from safeclip.data.synthetic import SyntheticViSU
-    folder = Path(tempfile.gettempdir()) / "safeclip-examples"
-    folder.mkdir(exist_ok=True)
-    ds, paths = SyntheticViSU("test"), []
-    for i in range(max(n_safe, n_unsafe)):
-        item = ds[i * 7]
-        for part, count in (("V", n_safe), ("G", n_unsafe)):
-            if i < count:
-                p = folder / f"test-{i * 7:06d}-{part}.png"
-                if not p.exists():
-                    item[part].save(p)
-                paths.append(str(p))
-    return paths
+    folder = ASSETS / "examples" / "mini"
+    return [str(p) for p in sorted(folder.glob("*.png"), key=lambda p: (p.stem[-1] != "V", p.name))]
 
 
 def build_ui(studio) -> gr.Blocks:

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
@@ -97,3 +97,12 @@ def load_rgb(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
     if isinstance(source, (Image.Image, np.ndarray)):
         return to_rgb(source)
     return to_rgb(open_image(source, max_pixels))
+
+
+def blur(image: Image.Image, radius: float | None = None) -> Image.Image:
+    """A strongly blurred RGB copy (for showing flagged images); radius ~ 1/16 of the size.
+    Lives here, not in safeclip.safety, so that the UI can blur without importing torch."""
+    image = to_rgb(image)
+    if radius is None:
+        radius = max(2.0, max(image.size) / 16)
+    return image.filter(ImageFilter.GaussianBlur(radius))

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image
 from torch import nn
 
 from safeclip.data.synthetic import ALL_OBJECTS, UNSAFE_OBJECTS
-from safeclip.images import to_rgb
+from safeclip.images import blur, to_rgb  # noqa: F401 - blur is re-exported
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,6 @@ class Verdict:
     category: str | None  # I2P category of the strongest unsafe finding; None when safe
     labels: dict[str, float]  # per-label scores
     threshold: float
-
-
-def blur(image: Image.Image, radius: float | None = None) -> Image.Image:
-    """A strongly blurred RGB copy (for showing flagged images); radius ~ 1/16 of the size."""
-    image = to_rgb(image)
-    if radius is None:
-        radius = max(2.0, max(image.size) / 16)
-    return image.filter(ImageFilter.GaussianBlur(radius))
 
 
 class Judge(abc.ABC):
