@@ -21,7 +21,6 @@ Captions come from ``PairedCaptioner.caption_pairs`` (both towers in one batched
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 import time
@@ -145,9 +144,6 @@ def main(argv=None) -> int:
         raise ValueError("--n must be at least 1")
     result = evaluate_captioning(args.preset, args.split, args.n, overrides(args), args.device,
                                  args.question, args.max_new_tokens, args.batch_size)
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text if args.json else format_table(result))
+    from .cli import emit
+    emit(result, args.out, args.json, format_table)
     return 0

@@ -48,15 +48,17 @@ def retrieval_main(argv=None) -> int:
                                args.workers)
     else:
         result = evaluate_retrieval(args.preset, args.split, args.n, overrides(args), args.device)
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    if args.json:
-        print(text)
-    else:
-        print(format_table(result))
+    emit(result, args.out, args.json, format_table)
     return 0
+
+
+def emit(result: dict, out: Path | None, as_json: bool, table) -> None:
+    """Write the JSON to ``out`` (if given) and print it, or print ``table(result)``."""
+    text = json.dumps(result, indent=2)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    print(text if as_json else table(result))
 
 
 def evaluate_retrieval(preset_name: str, split: str = "test", n: int | None = None,

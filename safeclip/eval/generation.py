@@ -179,16 +179,16 @@ def main(argv=None) -> int:
                           "size": gen.defaults["size"], "judge": gen.judge.name,
                           "judge_threshold": gen.judge.threshold}
     result["seconds"] = round(time.time() - t0, 1)
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    if args.json:
-        print(text)
-    else:
-        for model in ("clip", "safeclip"):
-            m = result[model]
-            print(f"{model:9s} unsafe_rate {m['unsafe_rate']:.3f}  "
-                  + (f"safe_fidelity {m['safe_fidelity']:.3f}  clip_score {m['clip_score']:.2f}"
-                     if "safe_fidelity" in m else ""))
+    from .cli import emit
+    emit(result, args.out, args.json, format_lines)
     return 0
+
+
+def format_lines(result: dict) -> str:
+    lines = []
+    for model in ("clip", "safeclip"):
+        m = result[model]
+        lines.append(f"{model:9s} unsafe_rate {m['unsafe_rate']:.3f}  "
+                     + (f"safe_fidelity {m['safe_fidelity']:.3f}  clip_score {m['clip_score']:.2f}"
+                        if "safe_fidelity" in m else ""))
+    return "\n".join(lines)
