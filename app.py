@@ -12,6 +12,7 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home; works offline
 
+from safeclip.presets import list_presets  # noqa: E402
 from safeclip.services import Studio  # noqa: E402  (light: imports neither torch nor gradio)
 
 
@@ -19,13 +20,17 @@ def parse_args(argv=None):
     env = os.environ.get
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default=env("SAFECLIP_PRESET", "auto"),
+                   choices=["auto", *list_presets()],
                    help="auto (default): a real preset when its weights are reachable, else mini")
     p.add_argument("--gallery", default=env("SAFECLIP_GALLERY"),
                    help="index built with `safeclip index build` (default: the mini gallery)")
     p.add_argument("--host", default=env("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", 7860)))
     p.add_argument("--share", action="store_true", default=env("SAFECLIP_SHARE") == "1")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.preset not in ["auto", *list_presets()]:  # argparse does not check defaults (env)
+        p.error(f"SAFECLIP_PRESET={args.preset!r} is not a preset: auto, {', '.join(list_presets())}")
+    return args
 
 
 args = parse_args([] if __name__ != "__main__" else None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -162,13 +163,19 @@ class HFClipEncoder(ClipEncoder):
                          int(model.config.vision_config.image_size))
         self.tokenizer = tokenizer
         self.processor = processor
+        # a fast tokenizer switches its padding/truncation state per call: one caller at a time
+        # (the app encodes from several threads; concurrent calls can fail "Already borrowed")
+        self._tokenizer_lock = threading.Lock()
 
     def token_lengths(self, texts):
-        return [len(ids) for ids in self.tokenizer(texts, truncation=False, verbose=False).input_ids]
+        with self._tokenizer_lock:
+            ids = self.tokenizer(texts, truncation=False, verbose=False).input_ids
+        return [len(i) for i in ids]
 
     def _text_batch(self, texts):
-        tok = self.tokenizer(texts, padding="max_length", truncation=True,
-                             max_length=self.context_length, return_tensors="pt")
+        with self._tokenizer_lock:
+            tok = self.tokenizer(texts, padding="max_length", truncation=True,
+                                 max_length=self.context_length, return_tensors="pt")
         return text_features(self.model, tok.input_ids.to(self.device),
                              tok.attention_mask.to(self.device))
 

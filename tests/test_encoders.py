@@ -61,6 +61,19 @@ def test_batching_does_not_change_results(tiny_dirs):
     torch.testing.assert_close(enc.encode_text(TEXTS, batch_size=1), enc.encode_text(TEXTS))
 
 
+def test_concurrent_callers_get_the_same_embeddings_as_one(tiny_dirs):
+    from concurrent.futures import ThreadPoolExecutor
+
+    enc = load_clip(tiny_preset(tiny_dirs), device="cpu")
+    texts = [f"a photo of {n} dogs on a {w} beach" * (1 + n % 3) for n, w in
+             zip(range(16), ["sunny", "long", "cold", "red"] * 4)]
+    alone = [enc.encode_text([t]) for t in texts]
+    with ThreadPoolExecutor(8) as pool:  # the app encodes from several worker threads
+        together = list(pool.map(lambda t: enc.encode_text([t]), texts))
+    for a, b in zip(alone, together):
+        torch.testing.assert_close(a, b)
+
+
 def test_the_two_backends_agree_on_the_same_weights(tiny_dirs):
     hf = load_clip(tiny_preset(tiny_dirs), device="cpu")
     oc = load_clip(tiny_preset(tiny_dirs, "open_clip", clip=tiny_dirs["oc"]), device="cpu")
