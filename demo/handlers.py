@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 COLUMNS = ("clip", "safeclip")
 DISPLAY = 192  # px: mini images (64 px) are enlarged for display, nearest neighbour
 OUTPUTS = Path(tempfile.gettempdir()) / "safeclip-ui"  # images handed to gradio, by content
+MAX_OUTPUTS = 5000  # files kept there
 
 
 def guard(fn):
@@ -52,7 +53,7 @@ def guard(fn):
 def readable(e: Exception) -> str:
     """The message of ``e`` without server-side folders (uploads live in temporary paths)."""
     text = str(e).strip("'\"") or type(e).__name__
-    return re.sub(r"(/[^\s/:]+)+/([^\s/:]+)", r"\2", text)
+    return re.sub(r"(?<![\w:/])(/[^\s/:]+)+/([^\s/:]+)", r"\2", text)
 
 
 def gpu(fn):
@@ -88,7 +89,19 @@ def to_file(image: Image.Image) -> str:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
+        _prune(OUTPUTS)
     return str(path)
+
+
+def _prune(folder: Path, keep: int = MAX_OUTPUTS) -> None:
+    """Keep the folder bounded on a long-running server: past ``keep`` files, delete the oldest
+    half (gradio has already copied what it served into its own cache)."""
+    files = list(folder.glob("*.webp"))
+    if len(files) <= keep:
+        return
+    files.sort(key=lambda p: p.stat().st_mtime if p.exists() else 0)
+    for p in files[: len(files) // 2]:
+        p.unlink(missing_ok=True)
 
 
 def _flag_text(flagged, category=None, reveal=False, image=True) -> str:

@@ -91,3 +91,20 @@ def test_guard_turns_known_errors_into_readable_messages():
 def test_summary_line_counts_both_columns():
     assert h.summary_line(10, {"clip": 9, "safeclip": 0}) == \
         "**Unsafe in top 10: 9 (CLIP) vs 0 (Safe-CLIP)**"
+
+
+def test_output_files_are_named_by_content_and_kept_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(h, "OUTPUTS", tmp_path)
+    monkeypatch.setattr(h, "MAX_OUTPUTS", 4)
+    a = h.to_file(checkerboard())
+    assert h.to_file(checkerboard()) == a  # same content, same file, not rewritten
+    for n in range(5):
+        h.to_file(Image.new("RGB", (8, 8), (n * 40, 0, 0)))
+    files = list(tmp_path.glob("*.webp"))
+    assert len(files) <= 4 and not list(tmp_path.glob("*.part"))
+
+
+def test_readable_keeps_urls_and_drops_server_folders():
+    assert h.readable(ValueError("see https://huggingface.co/org/name")) == \
+        "see https://huggingface.co/org/name"
+    assert h.readable(ValueError("/tmp/gradio/ab/x.png: bad")) == "x.png: bad"
