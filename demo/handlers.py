@@ -93,9 +93,10 @@ def to_file(image: Image.Image) -> str:
     return str(path)
 
 
-def _prune(folder: Path, keep: int = MAX_OUTPUTS) -> None:
-    """Keep the folder bounded on a long-running server: past ``keep`` files, delete the oldest
-    half (gradio has already copied what it served into its own cache)."""
+def _prune(folder: Path, keep: int | None = None) -> None:
+    """Keep the folder bounded on a long-running server: past ``keep`` (default MAX_OUTPUTS)
+    files, delete the oldest half (gradio has already copied what it served into its cache)."""
+    keep = MAX_OUTPUTS if keep is None else keep
     files = list(folder.glob("*.webp"))
     if len(files) <= keep:
         return
