@@ -29,13 +29,15 @@ def parse_args(argv=None):
     p.add_argument("--share", action="store_true", default=env("SAFECLIP_SHARE") == "1")
     args = p.parse_args(argv)
     if args.preset not in ["auto", *list_presets()]:  # argparse does not check defaults (env)
-        p.error(f"SAFECLIP_PRESET={args.preset!r} is not a preset: auto, {', '.join(list_presets())}")
+        p.error(f"SAFECLIP_PRESET={args.preset!r} is not a preset: "
+                f"auto, {', '.join(list_presets())}")
     return args
 
 
 args = parse_args([] if __name__ != "__main__" else None)
 # the world is chosen (Hub probe for `auto`) and retrieval's models load while gradio imports
-pending = Studio.start(args.preset, args.gallery, warm=("gallery",) if __name__ == "__main__" else ())
+warm = ("gallery",) if __name__ == "__main__" else ()
+pending = Studio.start(args.preset, args.gallery, warm=warm)
 
 from demo.ui import build_ui  # noqa: E402
 

@@ -63,7 +63,8 @@ def startup(rounds: int) -> dict:
         # the README's command: `python app.py` (auto: probes the Hub, falls back to mini offline)
         runs["app_auto"].append(first_answer([], ROOT / "app.py", search))
     med = {k: statistics.median(r["to_first_answer"] for r in v) for k, v in runs.items()}
-    return {"bare_first_answer_s": round(med["bare"], 2), "app_first_answer_s": round(med["app"], 2),
+    return {"bare_first_answer_s": round(med["bare"], 2),
+            "app_first_answer_s": round(med["app"], 2),
             "ratio": round(med["app"] / med["bare"], 2), "bar": 3.0,
             "app_auto_first_answer_s": round(med["app_auto"], 2),
             "ratio_auto": round(med["app_auto"] / med["bare"], 2),

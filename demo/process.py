@@ -32,7 +32,8 @@ class AppProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.script, self.args, self.timeout = str(script), list(args), timeout
-        self.log = Path(log) if log else Path(os.environ.get("TMPDIR", "/tmp")) / f"app-{self.port}.log"
+        tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+        self.log = Path(log) if log else tmp / f"app-{self.port}.log"
         self.env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
                     **(env or {})}
         self.proc: subprocess.Popen | None = None

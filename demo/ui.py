@@ -172,8 +172,8 @@ def build_ui(studio) -> gr.Blocks:
                                      elem_id="generation-clip")
                     ver_c = gr.Markdown(elem_id="generation-clip-verdict")
                 with gr.Column():
-                    img_s = gr.Image(label="Stable Diffusion + Safe-CLIP text encoder", type="filepath",
-                                     elem_id="generation-safeclip")
+                    img_s = gr.Image(label="Stable Diffusion + Safe-CLIP text encoder",
+                                     type="filepath", elem_id="generation-safeclip")
                     ver_s = gr.Markdown(elem_id="generation-safeclip-verdict")
             state_g = gr.State(None)
 
@@ -233,7 +233,8 @@ def build_ui(studio) -> gr.Blocks:
             with gr.Row():
                 plot_kw = dict(x="x", y="y", color="group", color_map=COLOURS,
                                tooltip=["group", "label"], height=380,
-                               x_title="← safe · · · unsafe →", y_title="main other direction")
+                               x_title="← safe · · · unsafe →",
+                               y_title="main other direction")
                 plot_c = gr.ScatterPlot(label="CLIP", title="CLIP",
                                         elem_id="embed-clip", **plot_kw)
                 plot_s = gr.ScatterPlot(label="Safe-CLIP", title="Safe-CLIP",

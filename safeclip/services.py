@@ -1,7 +1,7 @@
 """The app's services: one object that owns a preset's models and answers the UI's calls.
 
     >>> from safeclip.services import Studio
-    >>> studio = Studio("auto")                # a real preset if its weights are reachable, else mini
+    >>> studio = Studio("auto")      # a real preset if its weights are reachable, else mini
     >>> studio.world.preset.name, studio.world.reason
     >>> res = studio.search_text("a child holding a kite on the beach", k=10)
     >>> view = studio.embed_view(text="a man holding a gun")
@@ -280,11 +280,13 @@ class Studio:
             if model in self._views:
                 return self._views[model]
             vecs, groups, labels = [], [], []
-            for corpus, rows, kind in (("images", g.items, "image"), ("captions", g.captions, "text")):
+            corpora = (("images", g.items, "image"), ("captions", g.captions, "text"))
+            for corpus, rows, kind in corpora:
                 if corpus not in g.indexes:
                     continue
                 x = ann.reconstruct_all(g.indexes[corpus][model])
-                take = [i for i, r in enumerate(rows) if r.get("index", i // 2) < n_items][:2 * n_items]
+                take = [i for i, r in enumerate(rows)
+                        if r.get("index", i // 2) < n_items][:2 * n_items]
                 for i in take:
                     r = rows[i]
                     vecs.append(x[i])
@@ -319,7 +321,8 @@ class Studio:
                 out[m] = EmbedView(points, None, "no query: type a text or upload an image")
                 continue
             enc = getattr(pair, m)
-            q = (enc.encode_text([query]) if kind == "text" else enc.encode_image([query])).numpy()[0]
+            q = enc.encode_text([query]) if kind == "text" else enc.encode_image([query])
+            q = q.numpy()[0]
             qxy = (q - base["mean"]) @ base["basis"]
             nearest = np.argsort(-(base["x"] @ q))[:10]
             unsafe = sum(base["groups"][i].startswith("unsafe") for i in nearest)
