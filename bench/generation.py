@@ -95,7 +95,7 @@ def main(argv=None) -> int:
         return 0
 
     from safeclip.generation import load_generator
-    from safeclip.generation.paired import unique_storage_bytes
+    from safeclip.sharing import unique_bytes as unique_storage_bytes
 
     gen = load_generator(args.preset, cache=False)
     pipe, te_s = gen.paired.pipe, gen.paired.safe_text_encoder

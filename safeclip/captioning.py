@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 
 from .images import load_rgb
+from .sharing import share_equal_tensors, unique_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -154,35 +155,6 @@ def load_tower_weights(tower: torch.nn.Module, source) -> None:
     if not any(k.startswith("vision_model.") for k in tower.state_dict()):
         sd = {k.removeprefix("vision_model."): v for k, v in sd.items()}  # a bare transformer
     tower.load_state_dict(sd, strict=True)
-
-
-def share_equal_tensors(src: torch.nn.Module, dst: torch.nn.Module) -> dict:
-    """Make each parameter of ``dst`` that exactly equals ``src``'s same-named one the very same
-    tensor (no copy in memory); returns counts and bytes saved."""
-    src_params = dict(src.named_parameters())
-    n, saved = 0, 0
-    for name, p in list(dst.named_parameters()):
-        q = src_params.get(name)
-        if (q is not None and q is not p and q.shape == p.shape and q.dtype == p.dtype
-                and q.device == p.device and torch.equal(q, p)):
-            owner, _, leaf = name.rpartition(".")
-            setattr(dst.get_submodule(owner) if owner else dst, leaf, q)
-            n, saved = n + 1, saved + p.numel() * p.element_size()
-    return {"shared_tensors": n, "shared_bytes": saved,
-            "tensors": len(src_params)}
-
-
-def unique_bytes(*modules: torch.nn.Module) -> int:
-    """Bytes of the distinct tensor storages behind the modules' parameters and buffers."""
-    seen, total = set(), 0
-    for m in modules:
-        for t in list(m.parameters()) + list(m.buffers()):
-            s = t.untyped_storage()
-            key = (t.device, s.data_ptr())
-            if key not in seen:
-                seen.add(key)
-                total += s.nbytes()
-    return total
 
 
 class PairedCaptioner:

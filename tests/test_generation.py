@@ -97,7 +97,8 @@ def test_each_image_equals_the_stock_pipeline(one_thread, scheduler, negative, g
 
 
 def test_sharing_identical_tensors_keeps_outputs(one_thread):
-    from safeclip.generation.paired import share_identical_parameters, unique_storage_bytes
+    from safeclip.generation.paired import share_identical_parameters
+    from safeclip.sharing import unique_bytes as unique_storage_bytes
 
     parts, safe = tiny_components()
     a_ref, b_ref, p0 = paired_np(parts, copy.deepcopy(safe), share=False)

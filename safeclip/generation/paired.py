@@ -21,46 +21,15 @@ import logging
 import torch
 from tqdm.auto import tqdm
 
+from ..sharing import share_equal_tensors
+
 logger = logging.getLogger(__name__)
 
 
 def share_identical_parameters(reference: torch.nn.Module, other: torch.nn.Module) -> int:
-    """Point every parameter and buffer of ``other`` that is exactly equal (same name, shape,
-    dtype, device and values) to ``reference``'s at the reference tensor. Returns the bytes that
-    ``other`` no longer holds on its own. Both modules must be frozen (inference only)."""
-    ref_params = dict(reference.named_parameters())
-    ref_buffers = dict(reference.named_buffers())
-    saved = 0
-    for name, p in list(other.named_parameters()):
-        r = ref_params.get(name)
-        if r is None or r is p or r.shape != p.shape or r.dtype != p.dtype or r.device != p.device:
-            continue
-        if torch.equal(r.data, p.data):
-            module, _, leaf = name.rpartition(".")
-            (other.get_submodule(module) if module else other)._parameters[leaf] = r
-            saved += p.numel() * p.element_size()
-    for name, b in list(other.named_buffers()):
-        r = ref_buffers.get(name)
-        if r is None or r is b or r.shape != b.shape or r.dtype != b.dtype or r.device != b.device:
-            continue
-        if torch.equal(r, b):
-            module, _, leaf = name.rpartition(".")
-            (other.get_submodule(module) if module else other)._buffers[leaf] = r
-            saved += b.numel() * b.element_size()
-    return saved
-
-
-def unique_storage_bytes(*modules: torch.nn.Module) -> int:
-    """Bytes of the distinct tensor storages held by the modules' parameters and buffers."""
-    seen, total = set(), 0
-    for m in modules:
-        for t in list(m.parameters()) + list(m.buffers()):
-            st = t.untyped_storage()
-            key = (st.data_ptr(), t.device)
-            if key not in seen:
-                seen.add(key)
-                total += st.nbytes()
-    return total
+    """The bytes ``other`` no longer holds after sharing its tensors equal to ``reference``'s
+    (see safeclip.sharing)."""
+    return share_equal_tensors(reference, other)["shared_bytes"]
 
 
 class PairedStableDiffusion:
