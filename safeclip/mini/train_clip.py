@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from ..encoders import image_features, text_features
 from .cache import load_split
 from ..train.data import normalise_u8 as pixels  # uint8 NHWC -> normalised NCHW
 from .clip import clip_config, new_clip, save_clip_dir
+from .steps import save_atomic, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -76,18 +76,9 @@ def clip_loss(model, ids, pix) -> torch.Tensor:
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
-def _lr(cfg: ClipTrainConfig, step: int) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
 def _save_ckpt(path: Path, model, opt, step: int, history: list) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "step": step,
-                "history": json.dumps(history)}, tmp)
-    tmp.replace(path)
+    save_atomic(path, {"model": model.state_dict(), "optim": opt.state_dict(), "step": step,
+                       "history": json.dumps(history)})
 
 
 @torch.no_grad()
@@ -138,7 +129,7 @@ def train_mini_clip(data_dir: str | Path, out_dir: str | Path, work_dir: str | P
     t0, bar = time.time(), tqdm(total=cfg.steps, initial=step, desc="train mini CLIP", unit="step")
     while step < cfg.steps:
         for g in opt.param_groups:
-            g["lr"] = _lr(cfg, step)
+            g["lr"] = warmup_cosine(cfg.lr, step, cfg.warmup, cfg.steps)
         ids, imgs = sampler.batch(step, cfg.batch)
         loss = clip_loss(model, ids, pixels(imgs))
         opt.zero_grad(set_to_none=True)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -37,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from .steps import save_atomic, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -152,13 +153,6 @@ class CaptionSampler:
 
 
 # ------------------------------------------------------------------------------- training
-def _lr(cfg: LlavaTrainConfig, step: int) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-
-
 def caption_loss(model, ids, mask, labels, pix, noise: float = 0.0) -> torch.Tensor:
     """LLaVA's own loss; with ``noise``, the tower's selected features get Gaussian noise of
     that many times their RMS before the projector (the tower itself stays frozen)."""
@@ -220,7 +214,7 @@ def train_mini_llava(data_dir, out_dir, work_dir, clip_dir,
     last = cfg.stop or cfg.steps
     while step < last:
         for g in opt.param_groups:
-            g["lr"] = _lr(cfg, step)
+            g["lr"] = warmup_cosine(cfg.lr, step, cfg.warmup, cfg.steps, floor=0.05)
         ids, mask, labels, pix = sampler.batch(step, cfg.batch)
         loss = caption_loss(model, ids, mask, labels, pix, cfg.feature_noise)
         opt.zero_grad(set_to_none=True)
@@ -235,10 +229,8 @@ def train_mini_llava(data_dir, out_dir, work_dir, clip_dir,
         if step % cfg.ckpt_every == 0 or step == last:
             seconds += time.time() - t_mark
             t_mark = time.time()
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"model": trainable_state(model), "optim": opt.state_dict(), "step": step,
-                        "history": json.dumps(history), "seconds": seconds}, tmp)
-            tmp.replace(ckpt)
+            save_atomic(ckpt, {"model": trainable_state(model), "optim": opt.state_dict(),
+                               "step": step, "history": json.dumps(history), "seconds": seconds})
             logger.info("step %d: loss %.4f (%.0f s of training)", step, loss.item(), seconds)
     bar.close()
     model.eval()

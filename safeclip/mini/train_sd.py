@@ -23,7 +23,6 @@ import argparse
 import copy
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from .steps import save_atomic, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -110,18 +111,6 @@ def _to_pm1(u8: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(u8).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def _save(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
-def _lr(base: float, step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup)))))
-
-
 def _judge_features():
     """The mini judge's convolutional trunk, frozen: the feature extractor of a perceptual loss
     (LPIPS-style feature matching with the mini world's own CNN instead of ImageNet's VGG)."""
@@ -167,7 +156,7 @@ def train_vae(train: dict, ckpt_dir: Path, cfg: SDTrainConfig, val: dict | None 
         weight = 1.0 + (cfg.vae_object_weight - 1.0) * F.max_pool2d(
             torch.from_numpy(diff).float()[:, None], 5, 1, 2)
         for g in opt.param_groups:
-            g["lr"] = _lr(cfg.vae_lr, step, 50, cfg.vae_steps)
+            g["lr"] = warmup_cosine(cfg.vae_lr, step, 50, cfg.vae_steps, floor=0.1)
         post = vae.encode(x).latent_dist
         r = vae.decode(post.sample()).sample
         rec = ((r - x).abs() * weight).mean() + ((r - x) ** 2 * weight).mean()
@@ -187,7 +176,7 @@ def train_vae(train: dict, ckpt_dir: Path, cfg: SDTrainConfig, val: dict | None 
             logger.info("vae step %d check %s", step, vae_check(vae.eval(), val, 128))
             vae.train()
         if step % cfg.ckpt_every == 0:
-            _save(ckpt, {"model": vae.state_dict(), "optim": opt.state_dict(), "step": step})
+            save_atomic(ckpt, {"model": vae.state_dict(), "optim": opt.state_dict(), "step": step})
     bar.close()
     vae.eval()
     (ckpt_dir / "vae_check.json").unlink(missing_ok=True)
@@ -198,7 +187,7 @@ def train_vae(train: dict, ckpt_dir: Path, cfg: SDTrainConfig, val: dict | None 
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
     info = {"vae_steps": cfg.vae_steps, "vae_seconds_last_run": round(time.time() - t0, 1),
             "vae_final_rec": round(float(rec), 4), "scaling_factor": float(1.0 / z.std())}
-    _save(ckpt, {"model": vae.state_dict(), "optim": opt.state_dict(), "step": step,
+    save_atomic(ckpt, {"model": vae.state_dict(), "optim": opt.state_dict(), "step": step,
                  "done": True, "info": info})
     logger.info("VAE done: %s", info)
     return vae, info
@@ -370,10 +359,10 @@ def train_unet(train: dict, latents: np.ndarray, ckpt_dir: Path, cfg: SDTrainCon
             history.append({"step": step, **m})
             logger.info("unet step %d check %s", step, m)
         if step % cfg.ckpt_every == 0 or step == cfg.unet_steps or stop.exists():
-            _save(ckpt, {"model": unet.state_dict(), "ema": ema.state_dict(), "optim": opt.state_dict(),
+            save_atomic(ckpt, {"model": unet.state_dict(), "ema": ema.state_dict(), "optim": opt.state_dict(),
                          "step": step, "history": json.dumps(history)})
     bar.close()
-    _save(ckpt, {"model": unet.state_dict(), "ema": ema.state_dict(), "optim": opt.state_dict(),
+    save_atomic(ckpt, {"model": unet.state_dict(), "ema": ema.state_dict(), "optim": opt.state_dict(),
                  "step": step, "history": json.dumps(history)})
     if stop.exists():
         logger.info("UNet training stopped at step %d (%s exists)", step, stop)
