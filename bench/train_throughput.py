@@ -1,6 +1,6 @@
 """Training throughput: ``safeclip train``'s step against the straightforward loop.
 
-    python bench/train_throughput.py [--steps 15] [--batch 128] [--model assets/models/mini-clip]
+    python bench/train_throughput.py [--steps 15] [--batch 128] [--model assets/models/mini-clip] [--profile]
 
 The straightforward loop is the way the official code is structured: a second, frozen copy of the
 model recomputes the reference embeddings of S and V at every step, and the tuned model encodes
@@ -47,6 +47,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--profile", action="store_true",
+                   help="also print where one of our steps spends its time (torch.profiler)")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     render_split("train", args.data, n=args.n, chunk=args.n)
@@ -120,6 +122,12 @@ def main(argv=None) -> int:
                                        if saved_per_step > 0 else None),
         "threads": torch.get_num_threads(),
     }
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+        idx, wording = batch_plan(0, 0, 0, order, args.batch, src.n_wordings)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step_ours(src.get(idx, wording), idx, wording)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -170,7 +170,6 @@ class Studio:
         self._locks = {k: threading.Lock() for k in ("gallery", "generator", "captioner", "view")}
         self._loaded: dict[str, object] = {}
         self._views: dict[str, dict] = {}
-        self.load_seconds: dict[str, float] = {}
 
     # -- lazy loading ----------------------------------------------------------------------
     def _load(self, what: str, factory):
@@ -180,8 +179,7 @@ class Studio:
             if what not in self._loaded:
                 t0 = time.perf_counter()
                 self._loaded[what] = factory()
-                self.load_seconds[what] = round(time.perf_counter() - t0, 2)
-                logger.info("%s loaded in %.1f s", what, self.load_seconds[what])
+                logger.info("%s loaded in %.1f s", what, time.perf_counter() - t0)
         return self._loaded[what]
 
     def gallery(self):
