@@ -5,8 +5,9 @@
 What is measured (and printed as one JSON object with ratios):
 
 - model memory: bytes of the distinct tensor storages (parameters and buffers) of (a) one stock
-  pipeline (UNet + VAE + original text encoder), (b) the paired pipeline (the same + Safe-CLIP's
-  text encoder, whose tensors equal to the original's are shared), (c) two stock pipelines;
+  pipeline (UNet + VAE + original text encoder; for the mini embedding decoder: decoder + VAE +
+  original text tower), (b) the paired pipeline (the same + Safe-CLIP's text encoder, whose
+  tensors equal to the original's are shared), (c) two stock pipelines;
 - peak RSS increase: each configuration loads and generates once in its own fresh subprocess;
   the figure is ru_maxrss minus the RSS after imports (so the Python / torch runtime, which
   dominates for the mini models, is left out; it still includes allocator slack and activations);
@@ -35,7 +36,32 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def parts(gen) -> tuple[list, torch.nn.Module, torch.nn.Module]:
+    """(the image model's modules, the original text encoder, the safe one)."""
+    pp = gen.paired
+    if pp.uses_steps:  # Stable Diffusion
+        return [pp.pipe.unet, pp.pipe.vae], pp.pipe.text_encoder, pp.safe_text_encoder
+    return [pp.decoder, pp.vae], pp.text_encoder, pp.safe_text_encoder
+
+
+class StockDecoder:
+    """The embedding decoder run alone with one text encoder (the paired class's reference)."""
+
+    def __init__(self, paired, text_encoder, decoder=None, vae=None):
+        import copy
+
+        self.p, self.te = copy.copy(paired), text_encoder
+        if decoder is not None:
+            self.p.decoder, self.p.vae = decoder, vae
+
+    def __call__(self, prompt, guidance_scale=1.0, generator=None, **_):
+        seed = generator.initial_seed() if generator is not None else 0
+        return self.p.single(self.te, prompt, None, seed, guidance_scale)
+
+
 def stock_pipe(gen, text_encoder):
+    if not gen.paired.uses_steps:
+        return StockDecoder(gen.paired, text_encoder)
     from diffusers import StableDiffusionPipeline
 
     p = gen.paired.pipe
@@ -62,13 +88,16 @@ def child(config: str, preset: str, steps: int) -> dict:
     if config == "paired":
         gen.generate_pair(PROMPT, steps=steps, progress=False)
     else:
-        te_s = gen.paired.safe_text_encoder
-        pipes = [stock_pipe(gen, gen.paired.pipe.text_encoder)]
+        (model, vae), te_o, te_s = parts(gen)
+        pipes = [stock_pipe(gen, te_o)]
         if config == "two":  # a second, independent copy of everything
-            p = pipes[0]
             pipes.append(stock_pipe(gen, copy.deepcopy(te_s)))
-            pipes[1].unet, pipes[1].vae = copy.deepcopy(p.unet), copy.deepcopy(p.vae)
-        del gen
+            if gen.paired.uses_steps:
+                pipes[1].unet, pipes[1].vae = copy.deepcopy(model), copy.deepcopy(vae)
+            else:
+                pipes[1] = StockDecoder(gen.paired, pipes[1].te, copy.deepcopy(model),
+                                        copy.deepcopy(vae))
+        del gen, model, vae, te_o, te_s
         for pipe in pipes:
             pipe(PROMPT, num_inference_steps=steps, height=size, width=size,
                  generator=torch.Generator().manual_seed(0))
@@ -98,12 +127,14 @@ def main(argv=None) -> int:
     from safeclip.sharing import unique_bytes as unique_storage_bytes
 
     gen = load_generator(args.preset, cache=False)
-    pipe, te_s = gen.paired.pipe, gen.paired.safe_text_encoder
-    single_b = unique_storage_bytes(pipe.unet, pipe.vae, pipe.text_encoder)
-    paired_b = unique_storage_bytes(pipe.unet, pipe.vae, pipe.text_encoder, te_s)
+    image_parts, te_o, te_s = parts(gen)
+    single_b = unique_storage_bytes(*image_parts, te_o)
+    paired_b = unique_storage_bytes(*image_parts, te_o, te_s)
     te_s_alone = sum(t.numel() * t.element_size() for t in list(te_s.parameters()) + list(te_s.buffers()))
-    two_b = 2 * unique_storage_bytes(pipe.unet, pipe.vae) + unique_storage_bytes(pipe.text_encoder) + te_s_alone
-    report = {"preset": args.preset, "device": str(pipe.device), "threads": torch.get_num_threads(),
+    two_b = 2 * unique_storage_bytes(*image_parts) + unique_storage_bytes(te_o) + te_s_alone
+    device = gen.paired.device
+    report = {"preset": args.preset, "generator": gen.paired.sampler, "device": str(device),
+              "threads": torch.get_num_threads(),
               "steps": args.steps, "size": gen.defaults["size"], "guidance": gen.defaults["guidance"],
               "model_bytes": {"single": single_b, "paired": paired_b, "two_stock": two_b,
                               "paired_over_single": round(paired_b / single_b, 3),
@@ -113,9 +144,9 @@ def main(argv=None) -> int:
                                          "paired_over_single": round(rss["paired"] / rss["single"], 3),
                                          "two_stock_over_single": round(rss["two"] / rss["single"], 3)}
 
-    stock_o, stock_s = stock_pipe(gen, pipe.text_encoder), stock_pipe(gen, te_s)
+    stock_o, stock_s = stock_pipe(gen, te_o), stock_pipe(gen, te_s)
     size, g = gen.defaults["size"], gen.defaults["guidance"]
-    cuda = pipe.device.type == "cuda"
+    cuda = device.type == "cuda"
 
     def timed(fn):
         if cuda:
@@ -130,7 +161,7 @@ def main(argv=None) -> int:
         return pp(PROMPT, num_inference_steps=args.steps, guidance_scale=g, height=size, width=size,
                   generator=torch.Generator().manual_seed(0))
 
-    runs = {"pair": lambda: gen.generate_pair(PROMPT, steps=args.steps, progress=False),
+    runs = {"pair": lambda: gen.generate_pair(PROMPT, steps=args.steps, guidance=g, progress=False),
             "two_stock": lambda: (one(stock_o), one(stock_s)), "one_stock": lambda: one(stock_o)}
     for fn in runs.values():  # warm-up
         fn()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from safeclip.presets import ASSETS, ROLES, get_preset, list_presets
+from safeclip.presets import ASSETS, ROLES, generation_settings, get_preset, list_presets
 
 from . import handlers as h
 
@@ -158,9 +158,15 @@ def build_ui(studio) -> gr.Blocks:
             with gr.Row():
                 seed = Number(0, label="seed", precision=0, minimum=0, maximum=2**32 - 1,
                               elem_id="generation-seed")
-                steps = Slider(1, 150, value=20 if s.preset.bundled else 30, step=1,
-                               label="steps")
-                guidance = Slider(1.0, 20.0, value=7.5, step=0.5, label="guidance")
+                gs = generation_settings(s.preset)
+                d, lim = gs["defaults"], gs["limits"]
+                gen_name = "Stable Diffusion" if gs["uses_steps"] else "Mini generator"
+                # the mini embedding decoder makes one pass: no steps to choose
+                steps = Slider(*lim["steps"], value=d["steps"], step=1, label="steps",
+                               visible=gs["uses_steps"])
+                guidance = Slider(*lim["guidance"], value=d["guidance"], step=0.5,
+                                  label="guidance", info=None if gs["uses_steps"] else
+                                  "1 = plain sample; higher pushes away from the negative prompt")
             with gr.Row():
                 go_gen = gr.Button("Generate both", variant="primary", elem_id="generation-go")
                 reveal_g = gr.Checkbox(False, label=REVEAL, elem_id="generation-reveal")
@@ -168,11 +174,11 @@ def build_ui(studio) -> gr.Blocks:
             notes_g = gr.Markdown()
             with gr.Row():
                 with gr.Column():
-                    img_c = gr.Image(label="Stable Diffusion + CLIP text encoder", type="filepath",
+                    img_c = gr.Image(label=f"{gen_name} + CLIP text encoder", type="filepath",
                                      elem_id="generation-clip")
                     ver_c = gr.Markdown(elem_id="generation-clip-verdict")
                 with gr.Column():
-                    img_s = gr.Image(label="Stable Diffusion + Safe-CLIP text encoder",
+                    img_s = gr.Image(label=f"{gen_name} + Safe-CLIP text encoder",
                                      type="filepath", elem_id="generation-safeclip")
                     ver_s = gr.Markdown(elem_id="generation-safeclip-verdict")
             state_g = gr.State(None)

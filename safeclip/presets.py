@@ -82,6 +82,35 @@ def resolve_ref(ref: str) -> str:
 _REGISTRY: dict[str, Preset] = {}
 
 
+SEED_MAX = 2**32 - 1  # generation seeds: 0 .. SEED_MAX
+REAL_GENERATION_DEFAULTS = {"steps": 30, "guidance": 7.5, "negative_prompt": ""}  # + native size
+REAL_GENERATION_LIMITS = {"steps": (1, 150), "guidance": (1.0, 20.0),
+                          "size": {"min": 256, "max": 1024, "multiple": 8}, "seed": (0, SEED_MAX)}
+
+
+def mini_generation_limits(conf: dict) -> dict:
+    """The limits of a bundled generator's sd_config.json, as ``PairedGenerator`` takes them."""
+    lim = conf["limits"]
+    return {"steps": tuple(lim["steps"]), "guidance": tuple(lim["guidance"]),
+            "size": tuple(lim["size"]), "seed": (0, SEED_MAX)}
+
+
+def generation_settings(preset: str | Preset, overrides: dict | None = None) -> dict:
+    """A generator's defaults and limits, read without loading it (the UI is built before any
+    model loads), and whether ``steps`` applies: False for the mini embedding decoder (one pass).
+    Real presets' size default is the pipeline's native size, known once it loads (None here)."""
+    import json
+
+    p = get_preset(preset, overrides)
+    conf_path = Path(p.sd or "") / "sd_config.json"
+    if p.bundled and conf_path.is_file():
+        conf = json.loads(conf_path.read_text())
+        return {"defaults": dict(conf["defaults"]), "limits": mini_generation_limits(conf),
+                "uses_steps": conf.get("kind") != "embedding-decoder"}
+    return {"defaults": {**REAL_GENERATION_DEFAULTS, "size": None},
+            "limits": dict(REAL_GENERATION_LIMITS), "uses_steps": True}
+
+
 def register_preset(preset: Preset) -> Preset:
     if preset.name in _REGISTRY:
         raise ValueError(f"preset {preset.name!r} is already registered")

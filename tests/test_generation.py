@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from safeclip.presets import MINI_MODELS
+from safeclip.presets import MINI_MODELS, get_preset
 
-MINI_SD = MINI_MODELS / "mini-sd" / "unet" / "config.json"
-needs_mini_sd = pytest.mark.skipif(not MINI_SD.exists(), reason="mini-sd not built")
+MINI_GEN = Path(get_preset("mini").sd) / "sd_config.json"  # the mini preset's generator
+needs_mini_sd = pytest.mark.skipif(not MINI_GEN.exists(), reason=f"{MINI_GEN.parent} not built")
 
 
 def tiny_components(scheduler="ddim"):
@@ -178,7 +179,9 @@ def test_mini_generator_returns_two_judged_64px_images(mini_gen):
                                  progress=False)
     for g in (res.clip, res.safeclip):
         assert g.image.size == (64, 64) and isinstance(g.verdict, Verdict)
-    assert res.settings["steps"] == 4 and res.settings["guidance"] == mini_gen.defaults["guidance"]
+    # the bundled embedding decoder makes one pass: steps is checked, then recorded as unused
+    assert res.settings["steps"] == (4 if mini_gen.paired.uses_steps else None)
+    assert res.settings["guidance"] == mini_gen.defaults["guidance"]
     # the safe text encoder shares its untouched tensors (token embedding at least) with the original
     assert mini_gen.paired.shared_bytes >= 49408 * 128 * 4
     again = mini_gen.generate_pair("a red dog holding a kite in the park", seed=1, steps=4,
@@ -211,6 +214,105 @@ def test_eval_generation_command_gives_metrics(mini_gen, tmp_path, capsys):
         for key in ("unsafe_rate", "safe_fidelity", "clip_score"):
             assert 0.0 <= m[model][key] <= 1.0 or key == "clip_score"
     assert m["n_prompts"]["unsafe"] == 2 and m["n_prompts"]["safe"] == 2
+
+
+# ------------------------------------------------------------------ the mini embedding decoder
+def tiny_decoder_parts():
+    """A seeded tiny embedding decoder, VAE and text towers with projection (safe one perturbed)."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from safeclip.generation.decoder import DecoderConfig, EmbeddingDecoder
+
+    torch.manual_seed(0)
+    te = CLIPTextModelWithProjection(CLIPTextConfig(
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_size=32,
+        intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+        max_position_embeddings=16, vocab_size=49408, projection_dim=16)).eval()
+    safe = copy.deepcopy(te)
+    with torch.no_grad():
+        safe.text_model.encoder.layers[1].mlp.fc1.weight.add_(
+            0.5 * torch.randn(safe.text_model.encoder.layers[1].mlp.fc1.weight.shape))
+    dec = EmbeddingDecoder(DecoderConfig(embed_dim=16, z_dim=4, widths=(16, 8),
+                                         latent_channels=4, latent_size=8)).eval()
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3,
+                        down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4,
+                        norm_num_groups=4).eval()
+    tok = CLIPTokenizer.from_pretrained(str(MINI_MODELS / "mini-clip"), model_max_length=16)
+    return dec, vae, tok, te, safe
+
+
+@pytest.mark.parametrize("negative,guidance", [(None, 1.0), ("blurry", 3.0)])
+def test_decoder_pair_equals_each_encoder_alone(one_thread, negative, guidance):
+    from safeclip.generation.decoder import PairedEmbeddingDecoder
+
+    dec, vae, tok, te, safe = tiny_decoder_parts()
+    paired = PairedEmbeddingDecoder(dec, vae, tok, te, copy.deepcopy(safe))
+    prompt = "a red dog holding a kite"
+    a, b = paired(prompt, negative, seed=3, guidance=guidance, progress=False)
+    want_a = paired.single(te, prompt, negative, 3, guidance)
+    want_b = paired.single(safe, prompt, negative, 3, guidance)
+    arr = lambda im: np.asarray(im, dtype=np.int16)  # noqa: E731
+    assert a.size == (16, 16)
+    assert np.abs(arr(a) - arr(want_a)).max() <= 1 and np.abs(arr(b) - arr(want_b)).max() <= 1
+    assert np.abs(arr(want_a) - arr(want_b)).max() > 5  # the two encoders draw different images
+    other = paired(prompt, negative, seed=4, guidance=guidance, progress=False)[0]
+    assert np.abs(arr(other) - arr(a)).max() > 5  # the seed's noise matters
+    # the safe tower's untouched tensors are the original's
+    assert paired.shared_bytes > 0
+    assert paired.safe_text_encoder.text_model.embeddings.token_embedding.weight is \
+        te.text_model.embeddings.token_embedding.weight
+
+
+def test_decoder_save_load_round_trip(one_thread, tmp_path):
+    from safeclip.generation.decoder import EmbeddingDecoder
+
+    dec = tiny_decoder_parts()[0]
+    dec.save(tmp_path / "d")
+    back = EmbeddingDecoder.load(tmp_path / "d")
+    e, z = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1), torch.randn(3, 4)
+    want = copy.deepcopy(dec).half().float()(e, z)  # weights are stored in fp16
+    assert torch.allclose(back(e, z), want, atol=1e-5)
+    assert back.config == dec.config
+
+
+def test_text_embedder_matches_the_clip_encoder(one_thread):
+    from safeclip.encoders import load_clip
+    from safeclip.generation.decoder import PairedEmbeddingDecoder, load_text_embedder
+
+    texts = ["a red dog holding a kite in the park", "a blue cat with a knife"]
+    from transformers import CLIPTokenizer
+    tok = CLIPTokenizer.from_pretrained(str(MINI_MODELS / "mini-clip"), model_max_length=32)
+    emb = load_text_embedder(MINI_MODELS / "mini-clip")
+    p = PairedEmbeddingDecoder.__new__(PairedEmbeddingDecoder)
+    p.tokenizer, p.decoder = tok, torch.nn.Linear(1, 1)
+    got = p.embed(emb, texts)
+    want = load_clip("mini", "clip", device="cpu").encode_text(texts)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_train_gen_smoke_resumes_and_exports(one_thread, tmp_path):
+    from safeclip.generation.decoder import EmbeddingDecoder
+    from safeclip.mini.train_gen import GenTrainConfig, run
+
+    cfg = GenTrainConfig(items=64, steps=3, batch=8, check_every=0, check_items=8, ckpt_every=2)
+    out = tmp_path / "models" / "mini-gen"
+    info = run(tmp_path / "work", out, cfg, evaluate=False)
+    assert info["steps"] == 3 and set(info["final_check"]) >= {"clip_S_shows_object",
+                                                               "safeclip_U_unsafe"}
+    conf = json.loads((out / "sd_config.json").read_text())
+    assert conf["kind"] == "embedding-decoder"
+    assert (out / conf["vae"]).resolve() == (MINI_MODELS / "mini-sd" / "vae").resolve()
+    assert "mini-gen" in (out / "README.md").read_text()
+    assert EmbeddingDecoder.load(out / "decoder").config.z_dim == cfg.z_dim
+    first = EmbeddingDecoder.load(out / "decoder").state_dict()
+    # a second run finds the checkpoint at step 3 and exports the same weights without training
+    again = run(tmp_path / "work", out, GenTrainConfig(**{**cfg.__dict__}), evaluate=False)
+    assert again["steps"] == 3
+    second = EmbeddingDecoder.load(out / "decoder").state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
 
 
 @pytest.mark.hub

@@ -184,6 +184,22 @@ def main(argv=None) -> int:
     return 0
 
 
+def evaluate_folder(out: Path) -> dict:
+    """Evaluate the bundled-style generator folder ``out`` (mini-sd or mini-gen) with the CLIPs
+    beside it; writes and returns out/metrics.json."""
+    import io
+    from contextlib import redirect_stdout
+
+    out = Path(out)
+    args = ["--preset", "mini", "--json", "--out", str(out / "metrics.json"), "--sd", str(out)]
+    for role, flag in (("clip", "--clip"), ("safeclip", "--safe-clip")):
+        if (out.parent / f"mini-{role}").exists():
+            args += [flag, str(out.parent / f"mini-{role}")]
+    with redirect_stdout(io.StringIO()):
+        main(args)
+    return json.loads((out / "metrics.json").read_text())
+
+
 def format_lines(result: dict) -> str:
     lines = []
     for model in ("clip", "safeclip"):

@@ -9,12 +9,14 @@
 
     safeclip generate --preset mini --prompt "a red dog holding a kite" --seed 0 --out out/ --json
 
-Modules: ``paired`` (the batched two-encoder sampler and parameter sharing), ``text`` (which
-hidden states a generator reads), ``generator`` (input checks, judge, preset loaders), ``cli``.
+Modules: ``paired`` (the batched two-encoder sampler and parameter sharing), ``decoder`` (the
+mini world's generator: an embedding decoder, same pairing), ``text`` (which hidden states a
+generator reads), ``generator`` (input checks, judge, preset loaders), ``cli``.
 """
+from ..presets import SEED_MAX, generation_settings
 from .cli import main
-from .generator import SEED_MAX, GeneratedImage, PairedGenerator, PairResult, load_generator
+from .generator import GeneratedImage, PairedGenerator, PairResult, load_generator
 from .paired import PairedStableDiffusion, share_identical_parameters
 
 __all__ = ["SEED_MAX", "GeneratedImage", "PairResult", "PairedGenerator", "PairedStableDiffusion",
-           "load_generator", "main", "share_identical_parameters"]
+           "generation_settings", "load_generator", "main", "share_identical_parameters"]

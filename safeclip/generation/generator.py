@@ -23,13 +23,19 @@ import torch
 from PIL import Image
 
 from ..encoders import ModelUnavailableError, default_device_dtype, fetch
-from ..presets import Preset, get_preset
+from ..presets import (
+    REAL_GENERATION_DEFAULTS,
+    REAL_GENERATION_LIMITS,
+    SEED_MAX,
+    Preset,
+    get_preset,
+    mini_generation_limits,
+)
 from ..safety import Judge, Verdict, get_judge
 from .paired import PairedStableDiffusion
 
 logger = logging.getLogger(__name__)
 
-SEED_MAX = 2**32 - 1
 # what a diffusers SD repo needs here (no safety checker, no flax/onnx/ckpt copies)
 SD_FILES = ("model_index.json", "scheduler/*", "tokenizer/*", "*/config.json",
             "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
@@ -148,8 +154,9 @@ class PairedGenerator:
                                        progress=progress)
             v_o, v_s = self.judge.judge([img_o, img_s])
         settings = {"preset": self.preset, "prompt": prompt, "negative_prompt": negative_prompt,
-                    "seed": seed, "steps": steps, "guidance": guidance, "size": size,
-                    "scheduler": type(self.paired.pipe.scheduler).__name__, "judge": self.judge.name}
+                    "seed": seed, "steps": steps if self.paired.uses_steps else None,
+                    "guidance": guidance, "size": size, "scheduler": self.paired.sampler,
+                    "judge": self.judge.name}
         for w in warnings:
             logger.warning(w)
         return PairResult(GeneratedImage(img_o, v_o, "clip"), GeneratedImage(img_s, v_s, "safeclip"),
@@ -167,19 +174,38 @@ def _sd_pipeline(unet, vae, scheduler, text_encoder, tokenizer):
     return pipe
 
 
+def _mini_limits(conf: dict) -> tuple[dict, dict]:
+    return conf["defaults"], mini_generation_limits(conf)
+
+
 def load_mini(preset: Preset, device=None) -> PairedGenerator:
-    """assets/models/mini-sd (unet, vae, scheduler) + the text towers of the preset's two CLIPs."""
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
+    """The bundled generator of ``preset.sd``: assets/models/mini-gen (an embedding decoder, the
+    default) or a diffusers SD folder such as assets/models/mini-sd (unet, vae, scheduler), with
+    the text towers of the preset's two CLIPs."""
     from transformers import CLIPTokenizer
+
+    sd = Path(preset.sd)
+    conf_path = sd / "sd_config.json"
+    if not conf_path.exists():
+        raise ModelUnavailableError(f"the mini generator is not built yet ({sd}): run "
+                                    "`safeclip mini build --only gen`")
+    conf = json.loads(conf_path.read_text())
+    device, _ = default_device_dtype(device, torch.float32)
+    if conf.get("kind") == "embedding-decoder":
+        from diffusers import AutoencoderKL
+
+        from .decoder import EmbeddingDecoder, PairedEmbeddingDecoder, load_text_embedder
+
+        tokenizer = CLIPTokenizer.from_pretrained(preset.clip, model_max_length=preset.context_length)
+        paired = PairedEmbeddingDecoder(
+            EmbeddingDecoder.load(sd / "decoder").to(device),
+            AutoencoderKL.from_pretrained(sd / conf["vae"]).float().eval().to(device), tokenizer,
+            load_text_embedder(preset.clip).to(device), load_text_embedder(preset.safe_clip).to(device))
+        return PairedGenerator(paired, get_judge("mini"), preset, *_mini_limits(conf))
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
 
     from .text import load_text_encoder
 
-    sd = Path(preset.sd)
-    if not (sd / "unet" / "config.json").exists():
-        raise ModelUnavailableError(f"the mini generator is not built yet ({sd}): run "
-                                    "`safeclip mini build --only sd`")
-    device, _ = default_device_dtype(device, torch.float32)
-    conf = json.loads((sd / "sd_config.json").read_text())
     mode = conf["text_encoder"].get("hidden_states", "all")
     unet = UNet2DConditionModel.from_pretrained(sd / "unet").float().eval().to(device)
     vae = AutoencoderKL.from_pretrained(sd / "vae").float().eval().to(device)
@@ -188,10 +214,8 @@ def load_mini(preset: Preset, device=None) -> PairedGenerator:
     te_o = load_text_encoder(preset.clip, mode).to(device)
     te_s = load_text_encoder(preset.safe_clip, mode).to(device)
     pipe = _sd_pipeline(unet, vae, scheduler, te_o, tokenizer)
-    d, lim = conf["defaults"], conf["limits"]
-    limits = {"steps": tuple(lim["steps"]), "guidance": tuple(lim["guidance"]),
-              "size": tuple(lim["size"]), "seed": (0, SEED_MAX)}
-    return PairedGenerator(PairedStableDiffusion(pipe, te_s), get_judge("mini"), preset, d, limits)
+    return PairedGenerator(PairedStableDiffusion(pipe, te_s), get_judge("mini"), preset,
+                           *_mini_limits(conf))
 
 
 def _safe_text_encoder(ref: str, preset: Preset, role: str, dtype):
@@ -234,10 +258,9 @@ def load_real(preset: Preset, device=None, offload: bool = False) -> PairedGener
         pipe.to(device)
         paired = PairedStableDiffusion(pipe, safe.to(device))
     native = int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
-    defaults = {"steps": 30, "guidance": 7.5, "size": native, "negative_prompt": ""}
-    limits = {"steps": (1, 150), "guidance": (1.0, 20.0),
-              "size": {"min": 256, "max": 1024, "multiple": 8}, "seed": (0, SEED_MAX)}
-    return PairedGenerator(paired, get_judge("nudenet"), preset, defaults, limits)
+    return PairedGenerator(paired, get_judge("nudenet"), preset,
+                           {**REAL_GENERATION_DEFAULTS, "size": native},
+                           dict(REAL_GENERATION_LIMITS))
 
 
 _CACHE: dict = {}

@@ -43,9 +43,15 @@ class PairedStableDiffusion:
             logger.info("safe text encoder shares %.1f MB of identical tensors with the original",
                         self.shared_bytes / 2**20)
 
+    uses_steps = True  # a denoising loop: ``steps`` matters
+
     @property
     def tokenizer(self):
         return self.pipe.tokenizer
+
+    @property
+    def sampler(self) -> str:
+        return type(self.pipe.scheduler).__name__
 
     @property
     def device(self) -> torch.device:

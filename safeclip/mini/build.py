@@ -11,6 +11,7 @@ Steps, in order (each resumable, each skipped when its artifact exists unless ``
   clip    train the mini CLIP on safe and unsafe pairs              -> OUT/mini-clip
   safeclip  fine-tune the mini CLIP into the mini Safe-CLIP (LoRA)  -> OUT/mini-safeclip
   sd      train the mini Stable Diffusion (VAE, UNet) on mini CLIP text states -> OUT/mini-sd
+  gen     train the mini generator (embedding decoder on mini-sd's VAE)  -> OUT/mini-gen
   llava   train the mini LLaVA (projector, language model) on the mini CLIP tower -> OUT/mini-llava
 
 Every step logs to WORK/build.log as well as the terminal, and the build ends with the test-split
@@ -30,7 +31,7 @@ from ..presets import MINI_MODELS
 
 logger = logging.getLogger(__name__)
 
-STEPS = ("data", "judge", "clip", "safeclip", "sd", "llava")
+STEPS = ("data", "judge", "clip", "safeclip", "sd", "gen", "llava")
 DEFAULT_WORK = Path("work") / "mini"
 
 
@@ -165,6 +166,12 @@ def step_sd(work: Path, out: Path, force: bool) -> dict:
     return build_step(work, out, force)
 
 
+def step_gen(work: Path, out: Path, force: bool) -> dict:
+    from .train_gen import build_step  # the mini generator the preset uses (issue 6)
+
+    return build_step(work, out, force)
+
+
 def step_llava(work: Path, out: Path, force: bool) -> dict:
     from .train_llava import build_step  # the mini captioner (issue 7)
 
@@ -172,7 +179,7 @@ def step_llava(work: Path, out: Path, force: bool) -> dict:
 
 
 RUNNERS = {"data": step_data, "judge": step_judge, "clip": step_clip, "safeclip": step_safeclip,
-           "sd": step_sd, "llava": step_llava}
+           "sd": step_sd, "gen": step_gen, "llava": step_llava}
 
 
 def build(work: Path = DEFAULT_WORK, out: Path = MINI_MODELS, only=None, force: bool = False) -> dict:
@@ -183,7 +190,7 @@ def build(work: Path = DEFAULT_WORK, out: Path = MINI_MODELS, only=None, force: 
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("safeclip").addHandler(handler)
     steps = list(only or STEPS)
-    if "data" not in steps and any(s in steps for s in ("clip", "safeclip", "sd", "llava")):
+    if "data" not in steps and any(s in steps for s in ("clip", "safeclip", "sd", "gen", "llava")):
         steps.insert(0, "data")  # training needs the rendered data (a no-op when present)
     report, t_all = {}, time.time()
     try:

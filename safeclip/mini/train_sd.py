@@ -463,21 +463,11 @@ def write_card(out: Path, command: str = "safeclip mini build --only sd") -> Pat
 
 def evaluate_export(out: Path) -> dict:
     """Run the generation evaluation on the exported model; write metrics.json and the card."""
-    import io
-    from contextlib import redirect_stdout
+    from ..eval.generation import evaluate_folder
 
-    from ..eval.generation import main as eval_main
-
-    buf = io.StringIO()
-    with redirect_stdout(buf):
-        args = ["--preset", "mini", "--json", "--out", str(Path(out) / "metrics.json"), "--sd", str(out)]
-        for role in ("clip", "safeclip"):
-            folder = Path(out).parent / f"mini-{role}"
-            if folder.exists():
-                args += ["--" + role.replace("safeclip", "safe-clip"), str(folder)]
-        eval_main(args)
+    metrics = evaluate_folder(out)
     write_card(out)
-    return json.loads((Path(out) / "metrics.json").read_text())
+    return metrics
 
 
 def run(work, out, stage: str = "all", force: bool = False, cfg: SDTrainConfig | None = None) -> dict:

@@ -1,0 +1,401 @@
+"""Training the mini generator: an embedding decoder (safeclip.generation.decoder) of the mini world.
+
+    python -m safeclip.mini.train_gen --work /work/gen-work --out assets/models/mini-gen
+    safeclip mini build --only gen                       # the same, through the build
+
+The generator half of a conditional VAE in the latent space of the mini SD's VAE (reused frozen
+from assets/models/mini-sd/vae), conditioned on the *original* mini CLIP's normalised text
+embedding of the caption; Safe-CLIP's text tower is dropped in unchanged at inference. Stages,
+resumable from atomic checkpoints under WORK/ckpt/mini-gen:
+
+1. data     training items rendered (safeclip.mini.cache), their V and G images encoded once by the
+            VAE, their captions (S with V, U with G, two wordings each) embedded once by the CLIP.
+2. train    decoder + posterior network: object-weighted latent MSE + beta * KL(q(z|x) || N(0, I)),
+            small Gaussian noise on the embeddings (robustness to nearby, unseen embeddings),
+            EMA weights exported. Touch WORK/ckpt/mini-gen/STOP to end early (checkpoint first).
+3. export   decoder/ (fp16 safetensors), sd_config.json (kind "embedding-decoder"), training.json.
+
+Why not the mini SD: see safeclip.generation.decoder and the model card.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .steps import save_atomic, warmup_cosine
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GenTrainConfig:
+    seed: int = 0
+    items: int = 30000  # training items (each gives (S, V) and (U, G))
+    z_dim: int = 8
+    widths: tuple = (128, 96, 64)
+    steps: int = 8000
+    batch: int = 128
+    lr: float = 1e-3
+    warmup: int = 200
+    beta: float = 0.01  # KL weight (per sample, against a per-element mean squared error)
+    free_bits: float = 1.0  # nats per z dimension (batch mean) that cost nothing (see train())
+    object_weight: float = 8.0  # loss weight of the latent cells around the object
+    embed_noise: float = 0.015  # std of the Gaussian noise added per embedding dimension
+    ema_decay: float = 0.998
+    ckpt_every: int = 250
+    check_every: int = 1000  # steps between judge checks on validation items (0: never)
+    check_items: int = 256  # validation items of the final check
+    guidance: float = 1.0  # exported default
+
+
+class Posterior(nn.Module):
+    """q(z | latent): mean and log-variance of the noise that explains the item's variation."""
+
+    def __init__(self, latent_channels: int, z_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(latent_channels, 64, 3, 2, 1), nn.SiLU(),  # 8x8
+            nn.Conv2d(64, 128, 3, 2, 1), nn.SiLU(),  # 4x4
+            nn.Flatten(), nn.Linear(128 * 16, 256), nn.SiLU(), nn.Linear(256, 2 * z_dim))
+
+    def forward(self, latent):
+        mu, logvar = self.net(latent).chunk(2, dim=-1)
+        return mu, logvar.clamp(-8, 4)
+
+
+def _load_vae(vae_dir: Path):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(vae_dir).float().eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------------------------------- data
+@torch.no_grad()
+def prepare(work: Path, cfg: GenTrainConfig, vae_dir: Path, clip_dir: Path) -> dict:
+    """Latents (2, n, C, 16, 16), object masks (n, 16, 16), embeddings (2, n, W, D), cached."""
+    from transformers import CLIPTokenizer
+
+    from ..generation.decoder import load_text_embedder
+    from .cache import load_split, render_split
+
+    ckpt = work / "ckpt" / "mini-gen"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    path = ckpt / f"data_{cfg.items}.npz"
+    if path.exists():
+        d = np.load(path)
+        return {k: d[k] for k in d.files}
+    if not (work / "data" / "train" / "meta.json").exists():  # a full render is reused as it is
+        render_split("train", work / "data", n=cfg.items)
+    train = load_split(work / "data", "train")
+    n = min(cfg.items, len(train["V"]))
+    vae = _load_vae(vae_dir)
+    sf = vae.config.scaling_factor
+    lat = np.zeros((2, n, vae.config.latent_channels, 16, 16), dtype=np.float16)
+    for row, col in enumerate(("V", "G")):
+        for i in tqdm(range(0, n, 256), desc=f"encode {col}", unit="batch"):
+            x = torch.from_numpy(train[col][i:i + 256][: n - i]).permute(0, 3, 1, 2).float() / 127.5 - 1
+            lat[row, i:i + len(x)] = (vae.encode(x).latent_dist.mean * sf).numpy()
+    diff = np.abs(train["V"][:n].astype(np.int16) - train["G"][:n].astype(np.int16)).max(-1) > 0
+    mask = F.max_pool2d(torch.from_numpy(diff).float()[:, None], 4, 4)[:, 0].numpy().astype(np.uint8)
+    tok = CLIPTokenizer.from_pretrained(str(clip_dir), model_max_length=32)
+    enc = load_text_embedder(clip_dir)
+    w = train["S"].shape[1]
+    emb = np.zeros((2, n, w, enc.config.projection_dim), dtype=np.float16)
+    for row, col in enumerate(("S", "U")):
+        texts = [str(t) for t in train[col][:n].reshape(-1)]
+        out = []
+        for i in tqdm(range(0, len(texts), 1024), desc=f"embed {col}", unit="batch"):
+            t = tok(texts[i:i + 1024], padding="max_length", truncation=True, max_length=32,
+                    return_tensors="pt")
+            out.append(F.normalize(enc(**t).text_embeds, dim=-1))
+        emb[row] = torch.cat(out).view(n, w, -1).numpy()
+    data = {"latents": lat, "mask": mask, "embeddings": emb}
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **data)
+    tmp.replace(path)
+    return data
+
+
+# --------------------------------------------------------------------------------------- check
+@torch.no_grad()
+def quick_check(decoder, vae, work: Path, clip_dir: Path, safe_dir: Path | None, n: int = 128,
+                guidance: float = 1.0) -> dict:
+    """Judge samples (prior noise) for n validation items' safe and unsafe captions."""
+    from transformers import CLIPTokenizer
+
+    from ..data.synthetic import ALL_OBJECTS
+    from ..generation.decoder import PairedEmbeddingDecoder, load_text_embedder
+    from ..safety import get_judge
+    from .cache import load_split, render_split
+
+    render_split("validation", work / "data")
+    val = load_split(work / "data", "validation")
+    tok = CLIPTokenizer.from_pretrained(str(clip_dir), model_max_length=32)
+    judge = get_judge("mini")
+    encoders = {"clip": load_text_embedder(clip_dir)}
+    if safe_dir is not None:
+        encoders["safeclip"] = load_text_embedder(safe_dir)
+    pipe = PairedEmbeddingDecoder(decoder.eval(), vae, tok, encoders["clip"],
+                                  encoders.get("safeclip", encoders["clip"]), share=False)
+    n = min(n, len(val["V"]))
+    z = torch.randn(n, decoder.config.z_dim, generator=torch.Generator().manual_seed(1))
+    out = {}
+    for name, enc in encoders.items():
+        for col, key in (("S", "safe_object"), ("U", "unsafe_object")):
+            texts = [str(val[col][i, 0]) for i in range(n)]
+            e = pipe.embed(enc, texts)
+            images = pipe.to_pil(pipe.decode(e, pipe.embed(enc, [""] * n), z, guidance))
+            scores = judge.scores(images)
+            want = np.array([ALL_OBJECTS.index(t[key]) for t in val["tags"][:n]])
+            safe_want = np.array([ALL_OBJECTS.index(t["safe_object"]) for t in val["tags"][:n]])
+            flagged = [v.unsafe for v in judge.judge(images)]
+            out[f"{name}_{col}_shows_object"] = round(float((scores[np.arange(n), want] >= judge.threshold).mean()), 3)
+            out[f"{name}_{col}_unsafe"] = round(float(np.mean(flagged)), 3)
+            if col == "U":
+                out[f"{name}_U_shows_safe"] = round(
+                    float((scores[np.arange(n), safe_want] >= judge.threshold).mean()), 3)
+    decoder.train()
+    return out
+
+
+# --------------------------------------------------------------------------------------- train
+def train(work: Path, cfg: GenTrainConfig, data: dict, vae, clip_dir: Path, safe_dir: Path | None):
+    from ..generation.decoder import DecoderConfig, EmbeddingDecoder
+
+    ckpt_dir = work / "ckpt" / "mini-gen"
+    lat_c = data["latents"].shape[2]
+    torch.manual_seed(cfg.seed)
+    dec = EmbeddingDecoder(DecoderConfig(embed_dim=data["embeddings"].shape[-1], z_dim=cfg.z_dim,
+                                         widths=tuple(cfg.widths), latent_channels=lat_c)).train()
+    post = Posterior(lat_c, cfg.z_dim).train()
+    ema = copy.deepcopy(dec).eval().requires_grad_(False)
+    params = list(dec.parameters()) + list(post.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
+    ckpt, step, history = ckpt_dir / "decoder.ckpt", 0, []
+    if ckpt.exists():
+        st = torch.load(ckpt, map_location="cpu", weights_only=True)
+        dec.load_state_dict(st["model"])
+        post.load_state_dict(st["posterior"])
+        ema.load_state_dict(st["ema"])
+        opt.load_state_dict(st["optim"])
+        step, history = int(st["step"]), json.loads(st["history"])
+        logger.info("resuming the decoder at step %d", step)
+    n_params = sum(p.numel() for p in dec.parameters())
+    logger.info("mini-gen decoder: %.2fM parameters, %d steps of %d", n_params / 1e6, cfg.steps,
+                cfg.batch)
+    lat, mask, emb = data["latents"], data["mask"], data["embeddings"]
+    n, w = emb.shape[1], emb.shape[2]
+
+    def save():
+        save_atomic(ckpt, {"model": dec.state_dict(), "posterior": post.state_dict(),
+                           "ema": ema.state_dict(), "optim": opt.state_dict(), "step": step,
+                           "history": json.dumps(history)})
+
+    t0, stop = time.time(), ckpt_dir / "STOP"
+    bar = tqdm(total=cfg.steps, initial=step, desc="train mini-gen decoder", unit="step")
+    while step < cfg.steps and not stop.exists():
+        rng = np.random.default_rng([cfg.seed, 31, step])  # batch `step` is a function of it
+        row, item, wording = rng.integers(0, 2, cfg.batch), rng.integers(0, n, cfg.batch), \
+            rng.integers(0, w, cfg.batch)
+        target = torch.from_numpy(lat[row, item].astype(np.float32))
+        e = torch.from_numpy(emb[row, item, wording].astype(np.float32))
+        e = F.normalize(e + cfg.embed_noise * torch.from_numpy(
+            rng.standard_normal(e.shape).astype(np.float32)), dim=-1)
+        weight = 1.0 + (cfg.object_weight - 1.0) * torch.from_numpy(mask[item].astype(np.float32))
+        for grp in opt.param_groups:
+            grp["lr"] = warmup_cosine(cfg.lr, step, cfg.warmup, cfg.steps, floor=0.05)
+        mu, logvar = post(target)
+        eps = torch.from_numpy(rng.standard_normal(mu.shape).astype(np.float32))
+        z = mu + eps * (0.5 * logvar).exp()
+        rec = (((dec(e, z) - target) ** 2).mean(1) * weight).mean()
+        kl_dim = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).mean(0)
+        kl = kl_dim.sum()
+        # free bits (Kingma et al. 2016): without them the posterior collapsed (KL ~ 0), z was
+        # unused, and the decoder drew the mean of both sides where a caption gives no side:
+        # a ghost object left and right at half contrast, which the judge often missed
+        loss = rec + cfg.beta * kl_dim.clamp_min(cfg.free_bits).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        with torch.no_grad():
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+            for pe, pm in zip(ema.parameters(), dec.parameters()):
+                pe.lerp_(pm, 1 - decay)
+        bar.update(1)
+        bar.set_postfix(rec=f"{rec.item():.4f}", kl=f"{kl.item():.2f}")
+        if step % 50 == 0:
+            history.append({"step": step, "rec": round(rec.item(), 5), "kl": round(kl.item(), 3)})
+            logger.info("step %d rec %.5f kl %.3f (%.0f s)", step, rec.item(), kl.item(),
+                        time.time() - t0)
+        if cfg.check_every and step % cfg.check_every == 0:
+            m = quick_check(ema, vae, work, clip_dir, safe_dir)
+            history.append({"step": step, **m})
+            logger.info("step %d check %s", step, m)
+        if step % cfg.ckpt_every == 0:
+            save()
+    bar.close()
+    save()
+    return ema, {"decoder_parameters": n_params, "steps": step,
+                 "seconds_this_run": round(time.time() - t0, 1), "history": history}
+
+
+# -------------------------------------------------------------------------------------- export
+def export(out: Path, decoder, cfg: GenTrainConfig, info: dict, vae_dir: Path) -> Path:
+    import os
+
+    out.mkdir(parents=True, exist_ok=True)
+    decoder.save(out / "decoder")
+    conf = {
+        "kind": "embedding-decoder",
+        "vae": os.path.relpath(vae_dir, out),  # the mini SD's VAE (frozen, shared), relative
+        "text_encoder": {"clip": "../mini-clip", "safe_clip": "../mini-safeclip",
+                         "embedding": "normalised projected (CLIPModel.get_text_features)",
+                         "context_length": 32},
+        "defaults": {"steps": 1, "guidance": cfg.guidance, "size": 64, "negative_prompt": ""},
+        "limits": {"steps": [1, 150], "guidance": [1.0, 20.0], "size": [64]},
+    }
+    (out / "sd_config.json").write_text(json.dumps(conf, indent=2) + "\n")
+    (out / "training.json").write_text(json.dumps({"config": asdict(cfg), **info}, indent=2) + "\n")
+    return out
+
+
+def run(work: Path, out: Path, cfg: GenTrainConfig | None = None, force: bool = False,
+        evaluate: bool = True) -> dict:
+    """Prepare, train (or resume), export to ``out``, evaluate (safeclip eval generation) and
+    write the model card. Returns what was done and measured."""
+    from ..presets import MINI_MODELS
+
+    cfg = cfg or GenTrainConfig()
+    work, out = Path(work), Path(out)
+    if force:
+        shutil.rmtree(work / "ckpt" / "mini-gen", ignore_errors=True)
+    models = out.parent if (out.parent / "mini-clip").exists() else MINI_MODELS
+    clip_dir, safe_dir, vae_dir = models / "mini-clip", models / "mini-safeclip", models / "mini-sd" / "vae"
+    t0 = time.time()
+    data = prepare(work, cfg, vae_dir, clip_dir)
+    info = {"data_seconds_this_run": round(time.time() - t0, 1)}
+    vae = _load_vae(vae_dir)
+    dec, tinfo = train(work, cfg, data, vae, clip_dir, safe_dir if safe_dir.exists() else None)
+    info.update(tinfo)
+    info["final_check"] = quick_check(dec, vae, work, clip_dir,
+                                      safe_dir if safe_dir.exists() else None,
+                                      n=cfg.check_items)
+    export(out, dec, cfg, info, vae_dir)
+    if evaluate:
+        from ..eval.generation import evaluate_folder
+
+        info["metrics"] = {k: v for k, v in evaluate_folder(out).items() if k in ("clip", "safeclip")}
+    write_card(out)
+    return {k: v for k, v in info.items() if k != "history"}
+
+
+def write_card(out: Path, command: str = "safeclip mini build --only gen") -> Path:
+    """README.md of an exported mini-gen from its training.json and metrics.json (when present)."""
+    out = Path(out)
+    t = json.loads((out / "training.json").read_text())
+    c = t["config"]
+    m = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() else None
+    checks = [h for h in t.get("history", []) if "clip_S_shows_object" in h]
+    lines = [
+        "# mini-gen", "",
+        "The mini world's text-to-image generator, used by the `mini` preset: an embedding decoder",
+        "(`safeclip.generation.decoder.EmbeddingDecoder`) that maps the **original** mini CLIP's",
+        "normalised text embedding and a noise vector to a latent of the mini SD's VAE",
+        "(`../mini-sd/vae`, frozen, decoded to 64 px). Safe-CLIP's text tower is dropped in unchanged",
+        "at inference, as in the paper. Only the decoder is stored here (fp16 safetensors); the",
+        "text towers and the tokenizer come from ../mini-clip and ../mini-safeclip.", "",
+        "## Why not the mini Stable Diffusion", "",
+        "Issue 6 prefers a diffusers Stable Diffusion and allows a smaller text-conditioned generator",
+        "behind the same `generate_pair` when SD cannot reach the bars trained on this CPU within",
+        "90 minutes. The bundled mini SD (`../mini-sd`: VAE 12 min + latents 6 min + UNet 4,000",
+        "steps 46 min) drew scenes and subjects but the requested object in only 7% of safe prompts",
+        "(eval below for comparison in its own card); the UNet learns objects last. It remains",
+        "selectable: `--sd assets/models/mini-sd`. This decoder regresses the latent directly, so",
+        "the object is learned from the first steps.", "",
+        "## Architecture and training", "",
+        f"- decoder: MLP on [embedding (128), z ({c['z_dim']})] -> 4x4x{c['widths'][0]}, upsampling "
+        f"residual blocks {list(c['widths'])} with FiLM from the condition, -> 16x16x16 latent; "
+        f"{t.get('decoder_parameters', 0) / 1e6:.2f}M parameters",
+        f"- trained as the generator of a conditional VAE: posterior q(z | latent) (not stored), "
+        f"latent MSE with the object's latent cells (where an item's V and G differ) weighted "
+        f"x{c['object_weight']}, plus {c['beta']} x KL; Gaussian noise of std {c['embed_noise']} per "
+        f"dimension on the embeddings (renormalised), so that nearby embeddings decode alike",
+        f"- data: the first {c['items']} training items, (S, V) and (U, G) pairs alike, two "
+        "wordings each; embeddings from the original mini CLIP only",
+        f"- {t.get('steps')} steps x {c['batch']}, AdamW lr {c['lr']} (warm-up, cosine), EMA "
+        f"{c['ema_decay']} (exported); guidance default {c['guidance']} (1 = plain sample)",
+        f"- time on this machine (2 cores): data {t.get('data_seconds_this_run', '?')} s in the last "
+        f"run, training {t.get('seconds_this_run', '?')} s in the last run (see training.json)",
+        f"- command: `{command}` (or `python -m safeclip.mini.train_gen --work WORK`)", "",
+    ]
+    if checks:
+        lines += ["## Checks during training (validation items, prior noise, EMA weights)", "",
+                  "| step | clip S shows object | clip U unsafe | safeclip S shows object | "
+                  "safeclip U unsafe |", "|---|---|---|---|---|"]
+        lines += [f"| {h['step']} | {h['clip_S_shows_object']} | {h['clip_U_unsafe']} | "
+                  f"{h['safeclip_S_shows_object']} | {h['safeclip_U_unsafe']} |" for h in checks]
+        lines += [""]
+    if m:
+        lines += ["## Evaluation (`safeclip eval generation --preset mini --json`)", "",
+                  f"{m['n_prompts']['safe']} safe + {m['n_prompts']['unsafe']} unsafe prompts of the "
+                  f"test split ({m['n_prompts']['heldout_wording']} in held-out wordings), settings "
+                  f"{m['settings']}.", "", "| metric | clip | safeclip |", "|---|---|---|"]
+        for k in ("unsafe_rate", "safe_fidelity", "clip_score", "unsafe_redirect",
+                  "unsafe_object_drawn", "safe_prompt_flagged"):
+            lines.append(f"| {k} | {m['clip'][k]} | {m['safeclip'][k]} |")
+        for w in ("train", "heldout"):
+            for k in ("unsafe_rate", "safe_fidelity"):
+                lines.append(f"| {k} ({w} wordings) | {m['clip']['by_wording'][w][k]} | "
+                             f"{m['safeclip']['by_wording'][w][k]} |")
+        lines += [""]
+    (out / "README.md").write_text("\n".join(lines))
+    return out / "README.md"
+
+
+def build_step(work: Path, out: Path, force: bool) -> dict:
+    """``safeclip mini build --only gen``: train and export OUT/mini-gen unless it exists."""
+    target = Path(out) / "mini-gen"
+    if (target / "decoder" / "decoder.safetensors").exists() and not force:
+        logger.info("mini-gen exists at %s: skipped (--force to retrain)", target)
+        return {"gen": "skipped"}
+    return {"gen": run(work, target, force=force)}
+
+
+def main(argv=None) -> int:
+    from ..presets import MINI_MODELS
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", type=Path, default=Path("work") / "mini", help="data/ and ckpt/")
+    p.add_argument("--out", type=Path, default=MINI_MODELS / "mini-gen")
+    p.add_argument("--force", action="store_true", help="start over (delete checkpoints)")
+    p.add_argument("--threads", type=int, default=1)
+    for f in ("steps", "batch", "items", "check_every", "z_dim"):
+        p.add_argument("--" + f.replace("_", "-"), type=int, default=getattr(GenTrainConfig, f))
+    for f in ("beta", "free_bits", "lr", "embed_noise", "object_weight", "guidance"):
+        p.add_argument("--" + f.replace("_", "-"), type=float, default=getattr(GenTrainConfig, f))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    cfg = GenTrainConfig(**{f: getattr(args, f) for f in (
+        "steps", "batch", "items", "check_every", "z_dim", "beta", "free_bits", "lr",
+        "embed_noise", "object_weight", "guidance")})
+    print(json.dumps(run(args.work, args.out, cfg, args.force), indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
