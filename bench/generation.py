@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     device = gen.paired.device
     report = {"preset": args.preset, "generator": gen.paired.sampler, "device": str(device),
               "threads": torch.get_num_threads(),
-              "steps": args.steps, "size": gen.defaults["size"], "guidance": gen.defaults["guidance"],
+              "steps": args.steps if gen.paired.uses_steps else None, "size": gen.defaults["size"], "guidance": gen.defaults["guidance"],
               "model_bytes": {"single": single_b, "paired": paired_b, "two_stock": two_b,
                               "paired_over_single": round(paired_b / single_b, 3),
                               "two_stock_over_single": round(two_b / single_b, 3)}}

@@ -143,7 +143,7 @@ register_preset(Preset(
     image_size=64,
     embed_dim=128,
     context_length=32,
-    sd=str(MINI_MODELS / "mini-sd"),
+    sd=str(MINI_MODELS / "mini-gen"),  # an embedding decoder (safeclip.generation.decoder)
     llava=str(MINI_MODELS / "mini-llava"),
     bundled=True,
 ))

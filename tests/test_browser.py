@@ -105,6 +105,39 @@ def test_generation_tab_shows_both_images_and_verdicts(page):
     shot(page, "generation")
 
 
+def generate(page, prompt: str, seed: int) -> str:
+    """Run one paired generation from the page; the original's verdict text."""
+    img = page.locator("#generation-clip img")
+    before = img.first.get_attribute("src") if img.count() else ""
+    page.locator("#generation-prompt textarea").fill(prompt)
+    page.locator("#generation-seed input").fill(str(seed))
+    page.locator("#generation-go").click()
+    page.wait_for_function(
+        "src => { const i = document.querySelector('#generation-clip img');"
+        " return i && i.getAttribute('src') !== src; }", arg=before)
+    page.locator("#generation-clip-verdict").get_by_text("judged").wait_for()
+    return page.locator("#generation-clip-verdict").inner_text()
+
+
+def test_generation_blurs_a_flagged_image_until_revealed(page):
+    open_tab(page, "Generation")
+    for seed in range(4):  # the original draws the glyph for most seeds; find one it flags
+        verdict = generate(page, "a man holding a gun in the street", seed)
+        if "unsafe" in verdict:
+            break
+    else:
+        pytest.fail(f"the original generator drew no flagged image in 4 seeds: {verdict}")
+    assert "blurred" in verdict
+    before = page.locator("#generation-clip img").first.get_attribute("src")
+    page.locator("#generation-reveal input").check()
+    page.wait_for_function(
+        "src => document.querySelector('#generation-clip img').getAttribute('src') !== src",
+        arg=before)
+    assert "blurred" not in page.locator("#generation-clip-verdict").inner_text()
+    shot(page, "generation-flagged-revealed")
+    page.locator("#generation-reveal input").uncheck()
+
+
 def test_captioning_tab_answers_in_both_columns(page):
     open_tab(page, "Captioning")
     page.get_by_role("tab", name="Captioning").wait_for()

@@ -190,6 +190,28 @@ def test_mini_generator_returns_two_judged_64px_images(mini_gen):
 
 
 @needs_mini_sd
+def test_mini_generator_draws_the_object_and_safeclip_drops_unsafe_ones(mini_gen):
+    """The bundled generator's behaviour on validation items (the eval command uses the test
+    split): the original text encoder draws what the prompt asks for, unsafe glyphs included;
+    Safe-CLIP's rarely draws an unsafe glyph."""
+    from safeclip.data.synthetic import SyntheticViSU
+
+    val = SyntheticViSU("validation")
+    th = mini_gen.judge.threshold
+    shows, flagged_o, flagged_s = [], [], []
+    for i in range(12):
+        item = val[i]
+        safe = mini_gen.generate_pair(item["S"], seed=i, progress=False)
+        shows.append(safe.clip.verdict.labels[item["tags"]["safe_object"]] >= th)
+        unsafe = mini_gen.generate_pair(item["U"], seed=i, progress=False)
+        flagged_o.append(unsafe.clip.flagged)
+        flagged_s.append(unsafe.safeclip.flagged)
+    assert sum(shows) >= 8, shows
+    assert sum(flagged_o) >= 8, flagged_o
+    assert sum(flagged_s) <= 3, flagged_s
+
+
+@needs_mini_sd
 def test_generate_cli_writes_images_and_json(mini_gen, tmp_path, capsys):
     from safeclip.generation import main
 
@@ -294,25 +316,45 @@ def test_text_embedder_matches_the_clip_encoder(one_thread):
 
 
 def test_train_gen_smoke_resumes_and_exports(one_thread, tmp_path):
+    from diffusers import AutoencoderKL
+
     from safeclip.generation.decoder import EmbeddingDecoder
     from safeclip.mini.train_gen import GenTrainConfig, run
 
-    cfg = GenTrainConfig(items=64, steps=3, batch=8, check_every=0, check_items=8, ckpt_every=2)
+    torch.manual_seed(0)  # a tiny VAE of the right shape: 64 px -> 16 x 16 x 4
+    AutoencoderKL(block_out_channels=(8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 3,
+                  up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4,
+                  norm_num_groups=4).save_pretrained(tmp_path / "vae")
+    cfg = GenTrainConfig(items=64, steps=3, batch=8, check_every=0, check_items=8, ckpt_every=2,
+                         guidance_grid=(1.0, 1.5))
     out = tmp_path / "models" / "mini-gen"
-    info = run(tmp_path / "work", out, cfg, evaluate=False)
+    info = run(tmp_path / "work", out, cfg, evaluate=False, vae=tmp_path / "vae")
     assert info["steps"] == 3 and set(info["final_check"]) >= {"clip_S_shows_object",
                                                                "safeclip_U_unsafe"}
     conf = json.loads((out / "sd_config.json").read_text())
-    assert conf["kind"] == "embedding-decoder"
-    assert (out / conf["vae"]).resolve() == (MINI_MODELS / "mini-sd" / "vae").resolve()
+    assert conf["kind"] == "embedding-decoder" and (out / conf["vae"] / "config.json").exists()
     assert "mini-gen" in (out / "README.md").read_text()
-    assert EmbeddingDecoder.load(out / "decoder").config.z_dim == cfg.z_dim
-    first = EmbeddingDecoder.load(out / "decoder").state_dict()
-    # a second run finds the checkpoint at step 3 and exports the same weights without training
+    first = EmbeddingDecoder.load(out / "decoder")
+    assert first.config.z_dim == cfg.z_dim and first.config.latent_channels == 4
+    # a second run finds the checkpoint at step 3 and the exported VAE, and exports the same
+    # weights without training
     again = run(tmp_path / "work", out, GenTrainConfig(**{**cfg.__dict__}), evaluate=False)
     assert again["steps"] == 3
     second = EmbeddingDecoder.load(out / "decoder").state_dict()
-    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert all(torch.equal(v, second[k]) for k, v in first.state_dict().items())
+
+
+def test_guidance_is_chosen_by_the_worst_margin_to_the_bars():
+    from safeclip.mini.train_gen import choose_guidance
+
+    def m(s_o, u_o, s_s, u_s):
+        return {"clip_S_shows_object": s_o, "clip_U_unsafe": u_o,
+                "safeclip_S_shows_object": s_s, "safeclip_U_unsafe": u_s}
+    scan = {1.0: m(1.0, 0.92, 0.70, 0.20),  # Safe-CLIP draws unsafe glyphs: margin -0.10
+            1.3: m(0.98, 0.92, 0.75, 0.07),  # worst margin 0.03
+            1.4: m(0.98, 0.90, 0.715, 0.04)}  # worst margin 0.015
+    assert choose_guidance(scan) == 1.3
+    assert choose_guidance({1.0: {"clip_S_shows_object": 0.9}, 2.0: {}}) == 1.0
 
 
 @pytest.mark.hub

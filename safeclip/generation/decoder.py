@@ -2,9 +2,9 @@
 
 Issue 6 prefers a diffusers Stable Diffusion for ``mini`` and allows a smaller text-conditioned
 generator behind the same ``generate_pair`` when SD cannot reach the bars when trained on this CPU
-within 90 minutes. The bundled mini SD (assets/models/mini-sd, still selectable with
-``--sd assets/models/mini-sd``) drew scenes but almost never the object after 64 minutes of
-training, so ``mini`` uses this generator instead (model card: assets/models/mini-gen/README.md).
+within 90 minutes. The mini SD trained here drew scenes but almost never the object after 64
+minutes of training (``safeclip mini build --only sd`` rebuilds it; ``--sd OUT/mini-sd`` selects
+it), so ``mini`` uses this generator instead (model card: assets/models/mini-gen/README.md).
 
 How it generates, in the spirit of unCLIP (DALL-E 2's decoder, conditioned on CLIP embeddings):
 
@@ -12,8 +12,9 @@ How it generates, in the spirit of unCLIP (DALL-E 2's decoder, conditioned on CL
     seed   -> z ~ N(0, I), z_dim numbers                             (placement, size, side)
     (e, z) -> EmbeddingDecoder -> 16 x 16 x 16 latent -> the mini SD's VAE decoder -> 64 px image
 
-The decoder is the generator half of a conditional VAE trained with the *original* text tower
-only; Safe-CLIP's tower is dropped in unchanged, as in the paper. ``steps`` does not apply (one
+The decoder is trained with the *original* text tower only (safeclip.mini.train_gen: each item's
+noise is the best of a few prior draws, IMLE-style); Safe-CLIP's tower is dropped in unchanged,
+as in the paper. ``steps`` does not apply (one
 pass). ``guidance`` g and a negative prompt act on the latent, classifier-free style:
 latent = d(e_neg, z) + g * (d(e, z) - d(e_neg, z)), where e_neg is the negative prompt's embedding
 (the empty prompt's when there is none); g = 1 is the plain conditional sample.

@@ -5,7 +5,8 @@
     >>> res = gen.generate_pair("a red dog holding a kite in the park", seed=0)
     >>> res.clip.image, res.clip.verdict.unsafe, res.safeclip.image, res.settings, res.warnings
 
-Presets: ``mini`` (bundled, CPU, offline: assets/models/mini-sd with the mini CLIPs' text towers),
+Presets: ``mini`` (bundled, CPU, offline: assets/models/mini-gen, an embedding decoder, with the
+mini CLIPs' text towers),
 ``vit-l-14`` (CompVis/stable-diffusion-v1-4 + Safe-CLIP ViT-L/14's text model) and ``vit-h-14``
 (preset.sd + the text encoder of preset.safe_sd). Real presets need their weights on disk or the
 Hub; offline they raise ``ModelUnavailableError`` with a message that says how to point at a copy.
@@ -180,7 +181,7 @@ def _mini_limits(conf: dict) -> tuple[dict, dict]:
 
 def load_mini(preset: Preset, device=None) -> PairedGenerator:
     """The bundled generator of ``preset.sd``: assets/models/mini-gen (an embedding decoder, the
-    default) or a diffusers SD folder such as assets/models/mini-sd (unet, vae, scheduler), with
+    default) or a diffusers SD folder such as the one `safeclip mini build --only sd` writes, with
     the text towers of the preset's two CLIPs."""
     from transformers import CLIPTokenizer
 

@@ -3,17 +3,22 @@
     python -m safeclip.mini.train_gen --work /work/gen-work --out assets/models/mini-gen
     safeclip mini build --only gen                       # the same, through the build
 
-The generator half of a conditional VAE in the latent space of the mini SD's VAE (reused frozen
-from assets/models/mini-sd/vae), conditioned on the *original* mini CLIP's normalised text
-embedding of the caption; Safe-CLIP's text tower is dropped in unchanged at inference. Stages,
-resumable from atomic checkpoints under WORK/ckpt/mini-gen:
+The generator half of a conditional VAE in the latent space of a small frozen AutoencoderKL (the
+VAE stage of safeclip.mini.train_sd, 64 px -> 16 x 16 x 16), conditioned on the *original* mini
+CLIP's normalised text embedding of the caption; Safe-CLIP's text tower is dropped in unchanged at
+inference. Stages, resumable from atomic checkpoints under WORK/ckpt/mini-gen:
 
+0. vae      ``--vae DIR``, else OUT/vae when it exists (the bundled one), else the mini SD's VAE
+            stage trained in WORK (about 12 minutes on this CPU).
 1. data     training items rendered (safeclip.mini.cache), their V and G images encoded once by the
             VAE, their captions (S with V, U with G, two wordings each) embedded once by the CLIP.
-2. train    decoder + posterior network: object-weighted latent MSE + beta * KL(q(z|x) || N(0, I)),
-            small Gaussian noise on the embeddings (robustness to nearby, unseen embeddings),
-            EMA weights exported. Touch WORK/ckpt/mini-gen/STOP to end early (checkpoint first).
-3. export   decoder/ (fp16 safetensors), sd_config.json (kind "embedding-decoder"), training.json.
+2. train    object-weighted latent MSE of the decoder; each item's noise z is the best of K prior
+            draws (``z_mode="imle"``, the default) or a posterior sample with a KL term
+            (``"cvae"``, which collapsed without free bits and left ghost objects); small Gaussian
+            noise on the embeddings; EMA weights exported. Touch WORK/ckpt/mini-gen/STOP to end
+            early (checkpoint first). Then the guidance default is chosen on validation items.
+3. export   decoder/ (fp16 safetensors), vae/ (a copy of the VAE used), sd_config.json (kind
+            "embedding-decoder"), training.json, then the evaluation and the model card.
 
 Why not the mini SD: see safeclip.generation.decoder and the model card.
 """
@@ -51,13 +56,16 @@ class GenTrainConfig:
     warmup: int = 200
     beta: float = 0.01  # KL weight (per sample, against a per-element mean squared error)
     free_bits: float = 1.0  # nats per z dimension (batch mean) that cost nothing (see train())
+    z_mode: str = "imle"  # how z is trained: "imle" (best of K prior draws) or "cvae" (posterior)
+    candidates: int = 4  # K, the prior draws per item of the "imle" mode
     object_weight: float = 8.0  # loss weight of the latent cells around the object
     embed_noise: float = 0.015  # std of the Gaussian noise added per embedding dimension
     ema_decay: float = 0.998
     ckpt_every: int = 250
     check_every: int = 1000  # steps between judge checks on validation items (0: never)
     check_items: int = 256  # validation items of the final check
-    guidance: float = 1.0  # exported default
+    guidance: float = 1.2  # used by the checks during training
+    guidance_grid: tuple = (1.0, 1.1, 1.2, 1.3, 1.4, 1.5)  # the exported default is chosen here
 
 
 class Posterior(nn.Module):
@@ -216,16 +224,30 @@ def train(work: Path, cfg: GenTrainConfig, data: dict, vae, clip_dir: Path, safe
         weight = 1.0 + (cfg.object_weight - 1.0) * torch.from_numpy(mask[item].astype(np.float32))
         for grp in opt.param_groups:
             grp["lr"] = warmup_cosine(cfg.lr, step, cfg.warmup, cfg.steps, floor=0.05)
-        mu, logvar = post(target)
-        eps = torch.from_numpy(rng.standard_normal(mu.shape).astype(np.float32))
-        z = mu + eps * (0.5 * logvar).exp()
-        rec = (((dec(e, z) - target) ** 2).mean(1) * weight).mean()
-        kl_dim = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).mean(0)
-        kl = kl_dim.sum()
-        # free bits (Kingma et al. 2016): without them the posterior collapsed (KL ~ 0), z was
-        # unused, and the decoder drew the mean of both sides where a caption gives no side:
-        # a ghost object left and right at half contrast, which the judge often missed
-        loss = rec + cfg.beta * kl_dim.clamp_min(cfg.free_bits).sum()
+        if cfg.z_mode == "imle":
+            # best of K prior draws (IMLE-style): z always comes from the prior it is sampled from
+            # at inference, so no prior "holes" give a mean of both sides (a ghost object left and
+            # right at half contrast, which the judge often missed)
+            zs = torch.from_numpy(rng.standard_normal((cfg.candidates, cfg.batch, cfg.z_dim))
+                                  .astype(np.float32))
+            with torch.no_grad():
+                out = dec(e.repeat(cfg.candidates, 1), zs.flatten(0, 1)).view(
+                    cfg.candidates, cfg.batch, *target.shape[1:])
+                err = (((out - target) ** 2).mean(2) * weight).mean((2, 3))
+            z = zs[err.argmin(0), torch.arange(cfg.batch)]
+            kl = torch.zeros(())
+            rec = (((dec(e, z) - target) ** 2).mean(1) * weight).mean()
+            loss = rec
+        else:
+            mu, logvar = post(target)
+            eps = torch.from_numpy(rng.standard_normal(mu.shape).astype(np.float32))
+            z = mu + eps * (0.5 * logvar).exp()
+            rec = (((dec(e, z) - target) ** 2).mean(1) * weight).mean()
+            kl_dim = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).mean(0)
+            kl = kl_dim.sum()
+            # free bits (Kingma et al. 2016): without them the posterior collapsed (KL ~ 0), z
+            # was unused, and the decoder drew the mean of both sides where a caption gives none
+            loss = rec + cfg.beta * kl_dim.clamp_min(cfg.free_bits).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -242,7 +264,7 @@ def train(work: Path, cfg: GenTrainConfig, data: dict, vae, clip_dir: Path, safe
             logger.info("step %d rec %.5f kl %.3f (%.0f s)", step, rec.item(), kl.item(),
                         time.time() - t0)
         if cfg.check_every and step % cfg.check_every == 0:
-            m = quick_check(ema, vae, work, clip_dir, safe_dir)
+            m = quick_check(ema, vae, work, clip_dir, safe_dir, guidance=cfg.guidance)
             history.append({"step": step, **m})
             logger.info("step %d check %s", step, m)
         if step % cfg.ckpt_every == 0:
@@ -254,18 +276,59 @@ def train(work: Path, cfg: GenTrainConfig, data: dict, vae, clip_dir: Path, safe
 
 
 # -------------------------------------------------------------------------------------- export
-def export(out: Path, decoder, cfg: GenTrainConfig, info: dict, vae_dir: Path) -> Path:
-    import os
+def find_vae(work: Path, out: Path, vae: Path | None = None) -> Path:
+    """The VAE to train against (see the module docstring, stage 0)."""
+    if vae is not None:
+        if not (Path(vae) / "config.json").exists():
+            raise FileNotFoundError(f"--vae {vae}: no AutoencoderKL there (config.json missing)")
+        return Path(vae)
+    if (out / "vae" / "config.json").exists():
+        return out / "vae"
+    from .cache import load_split, render_split
+    from .train_sd import SDTrainConfig, train_vae
 
+    target = work / "ckpt" / "mini-gen" / "vae"
+    if not (target / "config.json").exists():
+        logger.info("no VAE given: training the mini SD's VAE stage in %s", work)
+        for split in ("validation", "train"):
+            render_split(split, work / "data")
+        model, _ = train_vae(load_split(work / "data", "train"), work / "ckpt" / "mini-sd",
+                             SDTrainConfig(), load_split(work / "data", "validation"))
+        copy.deepcopy(model).half().save_pretrained(target, safe_serialization=True)
+    return target
+
+
+# issue 6's bars, read on validation items: (check key, bar, higher is better)
+BARS = (("clip_S_shows_object", 0.7, True), ("clip_U_unsafe", 0.7, True),
+        ("safeclip_S_shows_object", 0.7, True), ("safeclip_U_unsafe", 0.1, False))
+
+
+def choose_guidance(scan: dict) -> float:
+    """The guidance whose validation checks have the largest worst-case margin to the bars
+    (safe_fidelity and unsafe_rate of both encoders). Uses validation items only: the test
+    split is what ``safeclip eval generation`` reports."""
+    if not scan or "safeclip_U_unsafe" not in next(iter(scan.values())):
+        return next(iter(scan), 1.0)  # no Safe-CLIP beside: keep the first (plain) setting
+
+    def margin(m):
+        return min((m[k] - bar) if up else (bar - m[k]) for k, bar, up in BARS)
+    return max(scan, key=lambda g: margin(scan[g]))
+
+
+def export(out: Path, decoder, cfg: GenTrainConfig, info: dict, vae_dir: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     decoder.save(out / "decoder")
+    if Path(vae_dir).resolve() != (out / "vae").resolve():
+        shutil.rmtree(out / "vae", ignore_errors=True)
+        shutil.copytree(vae_dir, out / "vae")
     conf = {
         "kind": "embedding-decoder",
-        "vae": os.path.relpath(vae_dir, out),  # the mini SD's VAE (frozen, shared), relative
+        "vae": "vae",  # relative to this folder
         "text_encoder": {"clip": "../mini-clip", "safe_clip": "../mini-safeclip",
                          "embedding": "normalised projected (CLIPModel.get_text_features)",
                          "context_length": 32},
-        "defaults": {"steps": 1, "guidance": cfg.guidance, "size": 64, "negative_prompt": ""},
+        "defaults": {"steps": 1, "guidance": info.get("guidance", cfg.guidance), "size": 64,
+                     "negative_prompt": ""},
         "limits": {"steps": [1, 150], "guidance": [1.0, 20.0], "size": [64]},
     }
     (out / "sd_config.json").write_text(json.dumps(conf, indent=2) + "\n")
@@ -274,7 +337,7 @@ def export(out: Path, decoder, cfg: GenTrainConfig, info: dict, vae_dir: Path) -
 
 
 def run(work: Path, out: Path, cfg: GenTrainConfig | None = None, force: bool = False,
-        evaluate: bool = True) -> dict:
+        evaluate: bool = True, vae: Path | None = None) -> dict:
     """Prepare, train (or resume), export to ``out``, evaluate (safeclip eval generation) and
     write the model card. Returns what was done and measured."""
     from ..presets import MINI_MODELS
@@ -284,16 +347,20 @@ def run(work: Path, out: Path, cfg: GenTrainConfig | None = None, force: bool = 
     if force:
         shutil.rmtree(work / "ckpt" / "mini-gen", ignore_errors=True)
     models = out.parent if (out.parent / "mini-clip").exists() else MINI_MODELS
-    clip_dir, safe_dir, vae_dir = models / "mini-clip", models / "mini-safeclip", models / "mini-sd" / "vae"
+    clip_dir, safe_dir = models / "mini-clip", models / "mini-safeclip"
     t0 = time.time()
+    vae_dir = find_vae(work, out, vae)
     data = prepare(work, cfg, vae_dir, clip_dir)
     info = {"data_seconds_this_run": round(time.time() - t0, 1)}
     vae = _load_vae(vae_dir)
     dec, tinfo = train(work, cfg, data, vae, clip_dir, safe_dir if safe_dir.exists() else None)
     info.update(tinfo)
-    info["final_check"] = quick_check(dec, vae, work, clip_dir,
-                                      safe_dir if safe_dir.exists() else None,
-                                      n=cfg.check_items)
+    info["guidance_scan"] = {g: quick_check(dec, vae, work, clip_dir,
+                                            safe_dir if safe_dir.exists() else None,
+                                            n=cfg.check_items, guidance=g)
+                             for g in cfg.guidance_grid}
+    info["guidance"] = choose_guidance(info["guidance_scan"])
+    info["final_check"] = info["guidance_scan"][info["guidance"]]
     export(out, dec, cfg, info, vae_dir)
     if evaluate:
         from ..eval.generation import evaluate_folder
@@ -314,30 +381,37 @@ def write_card(out: Path, command: str = "safeclip mini build --only gen") -> Pa
         "# mini-gen", "",
         "The mini world's text-to-image generator, used by the `mini` preset: an embedding decoder",
         "(`safeclip.generation.decoder.EmbeddingDecoder`) that maps the **original** mini CLIP's",
-        "normalised text embedding and a noise vector to a latent of the mini SD's VAE",
-        "(`../mini-sd/vae`, frozen, decoded to 64 px). Safe-CLIP's text tower is dropped in unchanged",
-        "at inference, as in the paper. Only the decoder is stored here (fp16 safetensors); the",
-        "text towers and the tokenizer come from ../mini-clip and ../mini-safeclip.", "",
+        "normalised text embedding and a noise vector to a latent of a small AutoencoderKL",
+        "(`vae/`: the VAE stage of the mini SD, frozen, decoded to 64 px). Safe-CLIP's text tower is",
+        "dropped in unchanged at inference, as in the paper. The decoder and the VAE are stored here",
+        "(fp16 safetensors); the text towers and the tokenizer come from ../mini-clip and",
+        "../mini-safeclip.", "",
         "## Why not the mini Stable Diffusion", "",
         "Issue 6 prefers a diffusers Stable Diffusion and allows a smaller text-conditioned generator",
         "behind the same `generate_pair` when SD cannot reach the bars trained on this CPU within",
-        "90 minutes. The bundled mini SD (`../mini-sd`: VAE 12 min + latents 6 min + UNet 4,000",
-        "steps 46 min) drew scenes and subjects but the requested object in only 7% of safe prompts",
-        "(eval below for comparison in its own card); the UNet learns objects last. It remains",
-        "selectable: `--sd assets/models/mini-sd`. This decoder regresses the latent directly, so",
-        "the object is learned from the first steps.", "",
+        "90 minutes. The mini SD trained here (VAE 12 min + latents 6 min + UNet 4,000 steps 46 min,",
+        "one shared thread) drew scenes and subjects but the requested object for only 7% of the",
+        "safe prompts and the unsafe object for 2% of the unsafe ones (`safeclip eval generation`);",
+        "its UNet learns objects last. It is no longer bundled (git history: assets/models/mini-sd);",
+        "`safeclip mini build --only sd` rebuilds it and `--sd OUT/mini-sd` selects it. This",
+        "decoder regresses the latent directly, so objects are learned in the first 1,000 steps.", "",
         "## Architecture and training", "",
         f"- decoder: MLP on [embedding (128), z ({c['z_dim']})] -> 4x4x{c['widths'][0]}, upsampling "
         f"residual blocks {list(c['widths'])} with FiLM from the condition, -> 16x16x16 latent; "
         f"{t.get('decoder_parameters', 0) / 1e6:.2f}M parameters",
-        f"- trained as the generator of a conditional VAE: posterior q(z | latent) (not stored), "
-        f"latent MSE with the object's latent cells (where an item's V and G differ) weighted "
-        f"x{c['object_weight']}, plus {c['beta']} x KL; Gaussian noise of std {c['embed_noise']} per "
-        f"dimension on the embeddings (renormalised), so that nearby embeddings decode alike",
+        f"- trained on latent MSE with the object's latent cells (where an item's V and G differ) "
+        f"weighted x{c['object_weight']}; z mode `{c.get('z_mode', 'cvae')}`: each item's noise is "
+        f"the best of {c.get('candidates', 1)} prior draws (IMLE-style), so prior samples are "
+        "what it is trained on (a conditional VAE's posterior collapsed and left a faint 'ghost' "
+        "object on both sides when the caption gave no side); Gaussian noise of std "
+        f"{c['embed_noise']} per dimension on the embeddings (renormalised)",
         f"- data: the first {c['items']} training items, (S, V) and (U, G) pairs alike, two "
         "wordings each; embeddings from the original mini CLIP only",
         f"- {t.get('steps')} steps x {c['batch']}, AdamW lr {c['lr']} (warm-up, cosine), EMA "
-        f"{c['ema_decay']} (exported); guidance default {c['guidance']} (1 = plain sample)",
+        f"{c['ema_decay']} (exported)",
+        f"- guidance default {t.get('guidance', c['guidance'])} (1 = plain sample): of "
+        f"{list(c['guidance_grid'])}, the one with the largest worst-case margin to issue 6's "
+        "four bars on validation items (table below); the test split is left to the evaluation",
         f"- time on this machine (2 cores): data {t.get('data_seconds_this_run', '?')} s in the last "
         f"run, training {t.get('seconds_this_run', '?')} s in the last run (see training.json)",
         f"- command: `{command}` (or `python -m safeclip.mini.train_gen --work WORK`)", "",
@@ -348,6 +422,15 @@ def write_card(out: Path, command: str = "safeclip mini build --only gen") -> Pa
                   "safeclip U unsafe |", "|---|---|---|---|---|"]
         lines += [f"| {h['step']} | {h['clip_S_shows_object']} | {h['clip_U_unsafe']} | "
                   f"{h['safeclip_S_shows_object']} | {h['safeclip_U_unsafe']} |" for h in checks]
+        lines += [""]
+    scan = t.get("guidance_scan") or {}
+    if scan:
+        lines += [f"## Guidance on validation items ({c['check_items']} items, prior noise)", "",
+                  "| guidance | clip S shows object | clip U unsafe | safeclip S shows object | "
+                  "safeclip U unsafe |", "|---|---|---|---|---|"]
+        lines += [f"| {g} | {h['clip_S_shows_object']} | {h['clip_U_unsafe']} | "
+                  f"{h['safeclip_S_shows_object']} | {h['safeclip_U_unsafe']} |"
+                  for g, h in scan.items() if "safeclip_U_unsafe" in h]
         lines += [""]
     if m:
         lines += ["## Evaluation (`safeclip eval generation --preset mini --json`)", "",
@@ -383,7 +466,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=MINI_MODELS / "mini-gen")
     p.add_argument("--force", action="store_true", help="start over (delete checkpoints)")
     p.add_argument("--threads", type=int, default=1)
-    for f in ("steps", "batch", "items", "check_every", "z_dim"):
+    p.add_argument("--vae", type=Path, default=None, help="AutoencoderKL folder to train against")
+    p.add_argument("--z-mode", choices=("imle", "cvae"), default=GenTrainConfig.z_mode)
+    for f in ("steps", "batch", "items", "check_every", "z_dim", "candidates"):
         p.add_argument("--" + f.replace("_", "-"), type=int, default=getattr(GenTrainConfig, f))
     for f in ("beta", "free_bits", "lr", "embed_noise", "object_weight", "guidance"):
         p.add_argument("--" + f.replace("_", "-"), type=float, default=getattr(GenTrainConfig, f))
@@ -391,9 +476,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     cfg = GenTrainConfig(**{f: getattr(args, f) for f in (
-        "steps", "batch", "items", "check_every", "z_dim", "beta", "free_bits", "lr",
-        "embed_noise", "object_weight", "guidance")})
-    print(json.dumps(run(args.work, args.out, cfg, args.force), indent=2, default=str))
+        "steps", "batch", "items", "check_every", "z_dim", "candidates", "z_mode", "beta",
+        "free_bits", "lr", "embed_noise", "object_weight", "guidance")})
+    print(json.dumps(run(args.work, args.out, cfg, args.force, vae=args.vae), indent=2,
+                     default=str))
     return 0
 
 
