@@ -276,7 +276,9 @@ def test_decoder_pair_equals_each_encoder_alone(one_thread, negative, guidance):
     a, b = paired(prompt, negative, seed=3, guidance=guidance, progress=False)
     want_a = paired.single(te, prompt, negative, 3, guidance)
     want_b = paired.single(safe, prompt, negative, 3, guidance)
-    arr = lambda im: np.asarray(im, dtype=np.int16)  # noqa: E731
+    def arr(im):
+        return np.asarray(im, dtype=np.int16)
+
     assert a.size == (16, 16)
     assert np.abs(arr(a) - arr(want_a)).max() <= 1 and np.abs(arr(b) - arr(want_b)).max() <= 1
     assert np.abs(arr(want_a) - arr(want_b)).max() > 5  # the two encoders draw different images
@@ -338,7 +340,7 @@ def test_train_gen_smoke_resumes_and_exports(one_thread, tmp_path):
     assert first.config.z_dim == cfg.z_dim and first.config.latent_channels == 4
     # a second run finds the checkpoint at step 3 and the exported VAE, and exports the same
     # weights without training
-    again = run(tmp_path / "work", out, GenTrainConfig(**{**cfg.__dict__}), evaluate=False)
+    again = run(tmp_path / "work", out, GenTrainConfig(**cfg.__dict__), evaluate=False)
     assert again["steps"] == 3
     second = EmbeddingDecoder.load(out / "decoder").state_dict()
     assert all(torch.equal(v, second[k]) for k, v in first.state_dict().items())

@@ -200,6 +200,35 @@ def evaluate_folder(out: Path) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
+CHECK_COLUMNS = ("clip_S_shows_object", "clip_U_unsafe", "safeclip_S_shows_object",
+                 "safeclip_U_unsafe")
+
+
+def checks_table(title: str, rows: list[tuple], first: str = "step") -> list[str]:
+    """A model card's markdown table of quick checks: rows of (label, check dict)."""
+    head = " | ".join(c.replace("_", " ") for c in CHECK_COLUMNS)
+    lines = [f"## {title}", "", f"| {first} | {head} |", "|---" * (len(CHECK_COLUMNS) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(str(h[c]) for c in CHECK_COLUMNS) + " |"
+              for label, h in rows if all(c in h for c in CHECK_COLUMNS)]
+    return lines + [""]
+
+
+def card_lines(m: dict) -> list[str]:
+    """A model card's evaluation section from this command's JSON (mini prompt set)."""
+    lines = ["## Evaluation (`safeclip eval generation --preset mini --json`)", "",
+             (f"{m['n_prompts']['safe']} safe + {m['n_prompts']['unsafe']} unsafe prompts of the "
+              f"test split ({m['n_prompts']['heldout_wording']} in held-out wordings), settings "
+              f"{m['settings']}."), "", "| metric | clip | safeclip |", "|---|---|---|"]
+    for k in ("unsafe_rate", "safe_fidelity", "clip_score", "unsafe_redirect",
+              "unsafe_object_drawn", "safe_prompt_flagged"):
+        lines.append(f"| {k} | {m['clip'][k]} | {m['safeclip'][k]} |")
+    for w in ("train", "heldout"):
+        for k in ("unsafe_rate", "safe_fidelity"):
+            lines.append(f"| {k} ({w} wordings) | {m['clip']['by_wording'][w][k]} | "
+                         f"{m['safeclip']['by_wording'][w][k]} |")
+    return lines + [""]
+
+
 def format_lines(result: dict) -> str:
     lines = []
     for model in ("clip", "safeclip"):

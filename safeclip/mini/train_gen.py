@@ -1,4 +1,4 @@
-"""Training the mini generator: an embedding decoder (safeclip.generation.decoder) of the mini world.
+"""Training the mini generator: an embedding decoder (safeclip.generation.decoder), mini world.
 
     python -m safeclip.mini.train_gen --work /work/gen-work --out assets/models/mini-gen
     safeclip mini build --only gen                       # the same, through the build
@@ -114,10 +114,12 @@ def prepare(work: Path, cfg: GenTrainConfig, vae_dir: Path, clip_dir: Path) -> d
     lat = np.zeros((2, n, vae.config.latent_channels, 16, 16), dtype=np.float16)
     for row, col in enumerate(("V", "G")):
         for i in tqdm(range(0, n, 256), desc=f"encode {col}", unit="batch"):
-            x = torch.from_numpy(train[col][i:i + 256][: n - i]).permute(0, 3, 1, 2).float() / 127.5 - 1
+            x = torch.from_numpy(train[col][i:min(i + 256, n)]).permute(0, 3, 1, 2)
+            x = x.float() / 127.5 - 1
             lat[row, i:i + len(x)] = (vae.encode(x).latent_dist.mean * sf).numpy()
     diff = np.abs(train["V"][:n].astype(np.int16) - train["G"][:n].astype(np.int16)).max(-1) > 0
-    mask = F.max_pool2d(torch.from_numpy(diff).float()[:, None], 4, 4)[:, 0].numpy().astype(np.uint8)
+    mask = F.max_pool2d(torch.from_numpy(diff).float()[:, None], 4, 4)[:, 0]
+    mask = mask.numpy().astype(np.uint8)
     tok = CLIPTokenizer.from_pretrained(str(clip_dir), model_max_length=32)
     enc = load_text_embedder(clip_dir)
     w = train["S"].shape[1]
@@ -171,7 +173,8 @@ def quick_check(decoder, vae, work: Path, clip_dir: Path, safe_dir: Path | None,
             want = np.array([ALL_OBJECTS.index(t[key]) for t in val["tags"][:n]])
             safe_want = np.array([ALL_OBJECTS.index(t["safe_object"]) for t in val["tags"][:n]])
             flagged = [v.unsafe for v in judge.judge(images)]
-            out[f"{name}_{col}_shows_object"] = round(float((scores[np.arange(n), want] >= judge.threshold).mean()), 3)
+            shows = scores[np.arange(n), want] >= judge.threshold
+            out[f"{name}_{col}_shows_object"] = round(float(shows.mean()), 3)
             out[f"{name}_{col}_unsafe"] = round(float(np.mean(flagged)), 3)
             if col == "U":
                 out[f"{name}_U_shows_safe"] = round(
@@ -373,7 +376,8 @@ def run(work: Path, out: Path, cfg: GenTrainConfig | None = None, force: bool = 
     if evaluate:
         from ..eval.generation import evaluate_folder
 
-        info["metrics"] = {k: v for k, v in evaluate_folder(out).items() if k in ("clip", "safeclip")}
+        metrics = evaluate_folder(out)
+        info["metrics"] = {k: metrics[k] for k in ("clip", "safeclip")}
     write_card(out)
     return {k: v for k, v in info.items() if k != "history"}
 
@@ -387,73 +391,58 @@ def write_card(out: Path, command: str = "safeclip mini build --only gen") -> Pa
     checks = [h for h in t.get("history", []) if "clip_S_shows_object" in h]
     lines = [
         "# mini-gen", "",
-        "The mini world's text-to-image generator, used by the `mini` preset: an embedding decoder",
-        "(`safeclip.generation.decoder.EmbeddingDecoder`) that maps the **original** mini CLIP's",
-        "normalised text embedding and a noise vector to a latent of a small AutoencoderKL",
-        "(`vae/`: the VAE stage of the mini SD, frozen, decoded to 64 px). Safe-CLIP's text tower is",
-        "dropped in unchanged at inference, as in the paper. The decoder and the VAE are stored here",
-        "(fp16 safetensors); the text towers and the tokenizer come from ../mini-clip and",
+        "The mini world's text-to-image generator, used by the `mini` preset: an embedding",
+        "decoder (`safeclip.generation.decoder.EmbeddingDecoder`) that maps the **original** mini",
+        "CLIP's normalised text embedding and a noise vector to a latent of a small AutoencoderKL",
+        "(`vae/`: the VAE stage of the mini SD, frozen, decoded to 64 px). Safe-CLIP's text tower",
+        "is dropped in unchanged at inference, as in the paper. The decoder and the VAE are stored",
+        "here (fp16 safetensors); the text towers and the tokenizer come from ../mini-clip and",
         "../mini-safeclip.", "",
         "## Why not the mini Stable Diffusion", "",
-        "Issue 6 prefers a diffusers Stable Diffusion and allows a smaller text-conditioned generator",
-        "behind the same `generate_pair` when SD cannot reach the bars trained on this CPU within",
-        "90 minutes. The mini SD trained here (VAE 12 min + latents 6 min + UNet 4,000 steps 46 min,",
-        "one shared thread) drew scenes and subjects but the requested object for only 7% of the",
-        "safe prompts and the unsafe object for 2% of the unsafe ones (`safeclip eval generation`);",
-        "its UNet learns objects last. It is no longer bundled (git history: assets/models/mini-sd);",
-        "`safeclip mini build --only sd` rebuilds it and `--sd OUT/mini-sd` selects it. This",
-        "decoder regresses the latent directly, so objects are learned in the first 1,000 steps.", "",
+        "Issue 6 prefers a diffusers Stable Diffusion and allows a smaller text-conditioned",
+        "generator behind the same `generate_pair` when SD cannot reach the bars trained on this",
+        "CPU within 90 minutes. The mini SD trained here (VAE 12 min + latents 6 min + UNet 4,000",
+        "steps 46 min, one shared thread) drew scenes and subjects but the requested object for",
+        "only 7% of the safe prompts and the unsafe object for 2% of the unsafe ones",
+        "(`safeclip eval generation`); its UNet learns objects last. It is no longer bundled (git",
+        "history: assets/models/mini-sd); `safeclip mini build --only sd` rebuilds it and",
+        "`--sd OUT/mini-sd` selects it. This decoder regresses the latent directly, so objects",
+        "are learned in the first 1,000 steps.", "",
         "## Architecture and training", "",
-        f"- decoder: MLP on [embedding (128), z ({c['z_dim']})] -> 4x4x{c['widths'][0]}, upsampling "
-        f"residual blocks {list(c['widths'])} with FiLM from the condition, -> 16x16x16 latent; "
-        f"{t.get('decoder_parameters', 0) / 1e6:.2f}M parameters",
-        f"- trained on latent MSE with the object's latent cells (where an item's V and G differ) "
-        f"weighted x{c['object_weight']}; z mode `{c.get('z_mode', 'cvae')}`: each item's noise is "
-        f"the best of {c.get('candidates', 1)} prior draws (IMLE-style), so prior samples are "
-        "what it is trained on (a conditional VAE's posterior collapsed and left a faint 'ghost' "
-        "object on both sides when the caption gave no side); Gaussian noise of std "
-        f"{c['embed_noise']} per dimension on the embeddings (renormalised)",
-        f"- data: the first {c['items']} training items, (S, V) and (U, G) pairs alike, two "
-        "wordings each; embeddings from the original mini CLIP only",
-        f"- {t.get('steps')} steps x {c['batch']}, AdamW lr {c['lr']} (warm-up, cosine), EMA "
-        f"{c['ema_decay']} (exported)",
-        f"- guidance default {t.get('guidance', c['guidance'])} (1 = plain sample): of "
-        f"{list(c['guidance_grid'])}, the one with the largest worst-case margin to issue 6's "
-        "four bars on validation items (table below); the test split is left to the evaluation",
-        f"- time on this machine (2 cores, 2 threads): data preparation "
-        f"{t.get('data_seconds_total', '?')} s, training {t.get('train_seconds_total', '?')} s "
-        "(training.json)",
+        (f"- decoder: MLP on [embedding (128), z ({c['z_dim']})] -> 4x4x{c['widths'][0]}, "
+         f"upsampling residual blocks {list(c['widths'])} with FiLM from the condition, "
+         "-> 16x16x16 latent; "
+         f"{t.get('decoder_parameters', 0) / 1e6:.2f}M parameters"),
+        (f"- trained on latent MSE with the object's latent cells (where an item's V and G differ) "
+         f"weighted x{c['object_weight']}; z mode `{c.get('z_mode', 'cvae')}`: each item's "
+         "noise is "
+         f"the best of {c.get('candidates', 1)} prior draws (IMLE-style), so prior samples are "
+         "what it is trained on (a conditional VAE's posterior collapsed and left a faint 'ghost' "
+         "object on both sides when the caption gave no side); Gaussian noise of std "
+         f"{c['embed_noise']} per dimension on the embeddings (renormalised)"),
+        (f"- data: the first {c['items']} training items, (S, V) and (U, G) pairs alike, two "
+         "wordings each; embeddings from the original mini CLIP only"),
+        (f"- {t.get('steps')} steps x {c['batch']}, AdamW lr {c['lr']} (warm-up, cosine), EMA "
+         f"{c['ema_decay']} (exported)"),
+        (f"- guidance default {t.get('guidance', c['guidance'])} (1 = plain sample): of "
+         f"{list(c['guidance_grid'])}, the one with the largest worst-case margin to issue 6's "
+         "four bars on validation items (table below); the test split is left to the evaluation"),
+        (f"- time on this machine (2 cores, 2 threads): data preparation "
+         f"{t.get('data_seconds_total', '?')} s, training {t.get('train_seconds_total', '?')} s "
+         "(training.json)"),
         f"- command: `{command}` (or `python -m safeclip.mini.train_gen --work WORK`)", "",
     ]
+    from ..eval.generation import card_lines, checks_table
+
     if checks:
-        lines += ["## Checks during training (validation items, prior noise, EMA weights)", "",
-                  "| step | clip S shows object | clip U unsafe | safeclip S shows object | "
-                  "safeclip U unsafe |", "|---|---|---|---|---|"]
-        lines += [f"| {h['step']} | {h['clip_S_shows_object']} | {h['clip_U_unsafe']} | "
-                  f"{h['safeclip_S_shows_object']} | {h['safeclip_U_unsafe']} |" for h in checks]
-        lines += [""]
+        lines += checks_table("Checks during training (validation items, prior noise, EMA "
+                              "weights)", [(h["step"], h) for h in checks])
     scan = t.get("guidance_scan") or {}
     if scan:
-        lines += [f"## Guidance on validation items ({c['check_items']} items, prior noise)", "",
-                  "| guidance | clip S shows object | clip U unsafe | safeclip S shows object | "
-                  "safeclip U unsafe |", "|---|---|---|---|---|"]
-        lines += [f"| {g} | {h['clip_S_shows_object']} | {h['clip_U_unsafe']} | "
-                  f"{h['safeclip_S_shows_object']} | {h['safeclip_U_unsafe']} |"
-                  for g, h in scan.items() if "safeclip_U_unsafe" in h]
-        lines += [""]
+        lines += checks_table(f"Guidance on validation items ({c['check_items']} items, prior "
+                              "noise)", list(scan.items()), first="guidance")
     if m:
-        lines += ["## Evaluation (`safeclip eval generation --preset mini --json`)", "",
-                  f"{m['n_prompts']['safe']} safe + {m['n_prompts']['unsafe']} unsafe prompts of the "
-                  f"test split ({m['n_prompts']['heldout_wording']} in held-out wordings), settings "
-                  f"{m['settings']}.", "", "| metric | clip | safeclip |", "|---|---|---|"]
-        for k in ("unsafe_rate", "safe_fidelity", "clip_score", "unsafe_redirect",
-                  "unsafe_object_drawn", "safe_prompt_flagged"):
-            lines.append(f"| {k} | {m['clip'][k]} | {m['safeclip'][k]} |")
-        for w in ("train", "heldout"):
-            for k in ("unsafe_rate", "safe_fidelity"):
-                lines.append(f"| {k} ({w} wordings) | {m['clip']['by_wording'][w][k]} | "
-                             f"{m['safeclip']['by_wording'][w][k]} |")
-        lines += [""]
+        lines += card_lines(m)
     (out / "README.md").write_text("\n".join(lines))
     return out / "README.md"
 

@@ -436,27 +436,13 @@ def write_card(out: Path, command: str = "safeclip mini build --only sd") -> Pat
     ]
     if t.get("notes"):
         lines += ["## Notes on this run", ""] + [f"- {n}" for n in t["notes"]] + [""]
+    from ..eval.generation import card_lines, checks_table
+
     if checks:
-        lines += ["## Checks during training (16 validation prompts, EMA weights)", "",
-                  "| step | clip S shows object | clip U unsafe | safeclip S shows object | safeclip U unsafe |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {h['step']} | {h['clip_S_shows_object']} | {h['clip_U_unsafe']} | "
-                  f"{h['safeclip_S_shows_object']} | {h['safeclip_U_unsafe']} |" for h in checks]
-        lines += [""]
+        lines += checks_table("Checks during training (16 validation prompts, EMA weights)",
+                              [(h["step"], h) for h in checks])
     if m:
-        lines += ["## Evaluation (`safeclip eval generation --preset mini --json`)", "",
-                  f"{m['n_prompts']['safe']} safe + {m['n_prompts']['unsafe']} unsafe prompts "
-                  f"(assets/eval/generation_prompts.json, {m['n_prompts']['heldout_wording']} in "
-                  f"held-out wordings), settings {m['settings']}.", "",
-                  "| metric | clip | safeclip |", "|---|---|---|"]
-        for k in ("unsafe_rate", "safe_fidelity", "clip_score", "unsafe_redirect",
-                  "unsafe_object_drawn", "safe_prompt_flagged"):
-            lines.append(f"| {k} | {m['clip'][k]} | {m['safeclip'][k]} |")
-        for w in ("train", "heldout"):
-            for k in ("unsafe_rate", "safe_fidelity"):
-                lines.append(f"| {k} ({w} wordings) | {m['clip']['by_wording'][w][k]} | "
-                             f"{m['safeclip']['by_wording'][w][k]} |")
-        lines += [""]
+        lines += card_lines(m)
     (out / "README.md").write_text("\n".join(lines))
     return out / "README.md"
 
