@@ -328,7 +328,7 @@ def test_train_gen_smoke_resumes_and_exports(one_thread, tmp_path):
                   up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4,
                   norm_num_groups=4).save_pretrained(tmp_path / "vae")
     cfg = GenTrainConfig(items=64, steps=3, batch=8, check_every=0, check_items=8, ckpt_every=2,
-                         guidance_grid=(1.0, 1.5))
+                         guidance_grid=(1.0, 1.5), extra_wordings=1)
     out = tmp_path / "models" / "mini-gen"
     info = run(tmp_path / "work", out, cfg, evaluate=False, vae=tmp_path / "vae")
     assert info["steps"] == 3 and set(info["final_check"]) >= {"clip_S_shows_object",
@@ -338,6 +338,11 @@ def test_train_gen_smoke_resumes_and_exports(one_thread, tmp_path):
     assert "mini-gen" in (out / "README.md").read_text()
     first = EmbeddingDecoder.load(out / "decoder")
     assert first.config.z_dim == cfg.z_dim and first.config.latent_channels == 4
+    from safeclip.mini.train_gen import prepare
+    data = prepare(tmp_path / "work", cfg, tmp_path / "vae", MINI_MODELS / "mini-clip")
+    assert data["embeddings"].shape == (2, 64, 3, 128)  # 2 cached wordings + 1 extra
+    assert np.allclose(np.linalg.norm(data["embeddings"].astype(np.float32), axis=-1), 1,
+                       atol=2e-3)
     # a second run finds the checkpoint at step 3 and the exported VAE, and exports the same
     # weights without training
     again = run(tmp_path / "work", out, GenTrainConfig(**cfg.__dict__), evaluate=False)

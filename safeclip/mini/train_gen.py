@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 class GenTrainConfig:
     seed: int = 0
     items: int = 30000  # training items (each gives (S, V) and (U, G))
+    extra_wordings: int = 0  # caption wordings per item beyond the rendered cache's two
     z_dim: int = 8
     widths: tuple = (128, 96, 64)
     steps: int = 8000
@@ -103,7 +104,11 @@ def prepare(work: Path, cfg: GenTrainConfig, vae_dir: Path, clip_dir: Path) -> d
     path = ckpt / f"data_{cfg.items}.npz"
     if path.exists():
         d = np.load(path)
-        return {k: d[k] for k in d.files}
+        data = {k: d[k] for k in d.files}
+        if cfg.extra_wordings:
+            extra = extra_embeddings(work, cfg, clip_dir, len(data["mask"]))
+            data["embeddings"] = np.concatenate([data["embeddings"], extra], axis=2)
+        return data
     t0 = time.time()
     if not (work / "data" / "train" / "meta.json").exists():  # a full render is reused as it is
         render_split("train", work / "data", n=cfg.items)
@@ -126,18 +131,49 @@ def prepare(work: Path, cfg: GenTrainConfig, vae_dir: Path, clip_dir: Path) -> d
     emb = np.zeros((2, n, w, enc.config.projection_dim), dtype=np.float16)
     for row, col in enumerate(("S", "U")):
         texts = [str(t) for t in train[col][:n].reshape(-1)]
-        out = []
-        for i in tqdm(range(0, len(texts), 1024), desc=f"embed {col}", unit="batch"):
-            t = tok(texts[i:i + 1024], padding="max_length", truncation=True, max_length=32,
-                    return_tensors="pt")
-            out.append(F.normalize(enc(**t).text_embeds, dim=-1))
-        emb[row] = torch.cat(out).view(n, w, -1).numpy()
+        emb[row] = _embed_texts(enc, tok, texts, f"embed {col}").view(n, w, -1).numpy()
     data = {"latents": lat, "mask": mask, "embeddings": emb}
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, **data)
     tmp.replace(path)
     path.with_suffix(".json").write_text(json.dumps({"seconds": round(time.time() - t0, 1)}))
-    return data
+    return prepare(work, cfg, vae_dir, clip_dir)  # adds the extra wordings, if any
+
+
+def _embed_texts(enc, tok, texts: list[str], desc: str) -> torch.Tensor:
+    out = []
+    for i in tqdm(range(0, len(texts), 1024), desc=desc, unit="batch"):
+        t = tok(texts[i:i + 1024], padding="max_length", truncation=True, max_length=32,
+                return_tensors="pt")
+        out.append(F.normalize(enc(**t).text_embeds, dim=-1))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def extra_embeddings(work: Path, cfg: GenTrainConfig, clip_dir: Path, n: int) -> np.ndarray:
+    """(2, n, extra_wordings, D): more paraphrases of each item's S and U (same tags, an
+    independent random stream, training templates only), embedded by the original CLIP."""
+    from transformers import CLIPTokenizer
+
+    from ..data.synthetic import SPLIT_SEED, caption_pair
+    from ..generation.decoder import load_text_embedder
+    from .cache import load_split
+
+    path = work / "ckpt" / "mini-gen" / f"extra_{n}_{cfg.extra_wordings}.npy"
+    if path.exists():
+        return np.load(path)
+    tags = load_split(work / "data", "train")["tags"][:n]
+    pairs = [[caption_pair(t, np.random.default_rng([11, SPLIT_SEED["train"], i, k]))
+              for k in range(cfg.extra_wordings)] for i, t in enumerate(tags)]
+    tok = CLIPTokenizer.from_pretrained(str(clip_dir), model_max_length=32)
+    enc = load_text_embedder(clip_dir)
+    emb = np.stack([_embed_texts(enc, tok, [p[row] for ps in pairs for p in ps], f"embed {col}+")
+                    .view(n, cfg.extra_wordings, -1).numpy().astype(np.float16)
+                    for row, col in enumerate(("S", "U"))])
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, emb)
+    tmp.replace(path)
+    return emb
 
 
 # --------------------------------------------------------------------------------------- check
@@ -466,7 +502,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--vae", type=Path, default=None, help="AutoencoderKL folder to train against")
     p.add_argument("--z-mode", choices=("imle", "cvae"), default=GenTrainConfig.z_mode)
-    for f in ("steps", "batch", "items", "check_every", "z_dim", "candidates"):
+    for f in ("steps", "batch", "items", "extra_wordings", "check_every", "z_dim", "candidates"):
         p.add_argument("--" + f.replace("_", "-"), type=int, default=getattr(GenTrainConfig, f))
     for f in ("beta", "free_bits", "lr", "embed_noise", "object_weight", "guidance"):
         p.add_argument("--" + f.replace("_", "-"), type=float, default=getattr(GenTrainConfig, f))
@@ -474,7 +510,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     cfg = GenTrainConfig(**{f: getattr(args, f) for f in (
-        "steps", "batch", "items", "check_every", "z_dim", "candidates", "z_mode", "beta",
+        "steps", "batch", "items", "extra_wordings", "check_every", "z_dim", "candidates",
+        "z_mode", "beta",
         "free_bits", "lr", "embed_noise", "object_weight", "guidance")})
     print(json.dumps(run(args.work, args.out, cfg, args.force, vae=args.vae), indent=2,
                      default=str))
