@@ -21,7 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="default: the preset's")
+    p.add_argument("--steps", type=int, default=None,
+                   help="denoising steps (default: the preset's; the mini embedding decoder makes "
+                        "one pass and ignores them)")
     p.add_argument("--guidance", type=float, default=None, help="default: the preset's")
     p.add_argument("--size", type=int, default=None, help="width = height; default: the preset's")
     p.add_argument("--out", type=Path, required=True, help="folder for the images and result.json")
