@@ -13,7 +13,7 @@ import torch
 from safeclip.presets import MINI_MODELS, get_preset
 
 MINI_GEN = Path(get_preset("mini").sd) / "sd_config.json"  # the mini preset's generator
-needs_mini_sd = pytest.mark.skipif(not MINI_GEN.exists(), reason=f"{MINI_GEN.parent} not built")
+needs_mini_gen = pytest.mark.skipif(not MINI_GEN.exists(), reason=f"{MINI_GEN.parent} not built")
 
 
 def tiny_components(scheduler="ddim"):
@@ -170,7 +170,7 @@ def mini_gen():
     torch.set_num_threads(n)
 
 
-@needs_mini_sd
+@needs_mini_gen
 def test_mini_generator_returns_two_judged_64px_images(mini_gen):
     from safeclip.safety import Verdict
 
@@ -189,7 +189,7 @@ def test_mini_generator_returns_two_judged_64px_images(mini_gen):
     assert np.array_equal(np.asarray(again.clip.image), np.asarray(res.clip.image))
 
 
-@needs_mini_sd
+@needs_mini_gen
 def test_mini_generator_draws_the_object_and_safeclip_drops_unsafe_ones(mini_gen):
     """The bundled generator's behaviour on validation items (the eval command uses the test
     split): the original text encoder draws what the prompt asks for, unsafe glyphs included;
@@ -211,7 +211,7 @@ def test_mini_generator_draws_the_object_and_safeclip_drops_unsafe_ones(mini_gen
     assert sum(flagged_s) <= 3, flagged_s
 
 
-@needs_mini_sd
+@needs_mini_gen
 def test_generate_cli_writes_images_and_json(mini_gen, tmp_path, capsys):
     from safeclip.generation import main
 
@@ -225,7 +225,7 @@ def test_generate_cli_writes_images_and_json(mini_gen, tmp_path, capsys):
         assert isinstance(saved[name]["flagged"], bool)
 
 
-@needs_mini_sd
+@needs_mini_gen
 def test_eval_generation_command_gives_metrics(mini_gen, tmp_path, capsys):
     from safeclip.eval.generation import main
 
