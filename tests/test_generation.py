@@ -373,6 +373,17 @@ def test_real_preset_generates_a_pair():
     assert res.clip.image.size == (256, 256) and res.safeclip.image.size == (256, 256)
 
 
+def test_missing_or_unfinished_mini_generator_fails_cleanly(tmp_path):
+    from safeclip.encoders import ModelUnavailableError
+    from safeclip.generation import load_generator
+
+    with pytest.raises(ModelUnavailableError, match="not built yet"):
+        load_generator("mini", overrides={"sd": str(tmp_path)}, cache=False)
+    (tmp_path / "sd_config.json").write_text(json.dumps({"text_encoder": {}}))
+    with pytest.raises(ModelUnavailableError, match="no unet"):
+        load_generator("mini", overrides={"sd": str(tmp_path)}, cache=False)
+
+
 def test_real_preset_offline_fails_cleanly(monkeypatch):
     from safeclip.encoders import ModelUnavailableError
     from safeclip.generation import load_generator

@@ -189,7 +189,8 @@ def load_mini(preset: Preset, device=None) -> PairedGenerator:
     conf_path = sd / "sd_config.json"
     if not conf_path.exists():
         raise ModelUnavailableError(f"the mini generator is not built yet ({sd}): run "
-                                    "`safeclip mini build --only gen`")
+                                    "`safeclip mini build --only gen` (or `--only sd` for the "
+                                    "mini Stable Diffusion)")
     conf = json.loads(conf_path.read_text())
     device, _ = default_device_dtype(device, torch.float32)
     if conf.get("kind") == "embedding-decoder":
@@ -207,6 +208,9 @@ def load_mini(preset: Preset, device=None) -> PairedGenerator:
 
     from .text import load_text_encoder
 
+    if not (sd / "unet" / "config.json").exists():
+        raise ModelUnavailableError(f"{sd} has an sd_config.json but no unet/: an unfinished "
+                                    "export? Rebuild it with `safeclip mini build --only sd`")
     mode = conf["text_encoder"].get("hidden_states", "all")
     unet = UNet2DConditionModel.from_pretrained(sd / "unet").float().eval().to(device)
     vae = AutoencoderKL.from_pretrained(sd / "vae").float().eval().to(device)
