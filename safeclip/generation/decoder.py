@@ -146,9 +146,6 @@ class PairedEmbeddingDecoder:
     def device(self) -> torch.device:
         return next(self.decoder.parameters()).device
 
-    def modules(self) -> list[nn.Module]:
-        return [self.decoder, self.vae, self.text_encoder, self.safe_text_encoder]
-
     @torch.no_grad()
     def embed(self, encoder, texts: list[str]) -> torch.Tensor:
         tok = self.tokenizer(texts, padding="max_length", truncation=True,

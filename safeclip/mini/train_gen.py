@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import logging
 import shutil
@@ -42,6 +43,8 @@ from tqdm.auto import tqdm
 from .steps import save_atomic, warmup_cosine
 
 logger = logging.getLogger(__name__)
+
+CONTEXT = 32  # the mini CLIPs' context length (tokens)
 
 
 @dataclass
@@ -125,7 +128,7 @@ def prepare(work: Path, cfg: GenTrainConfig, vae_dir: Path, clip_dir: Path) -> d
     diff = np.abs(train["V"][:n].astype(np.int16) - train["G"][:n].astype(np.int16)).max(-1) > 0
     mask = F.max_pool2d(torch.from_numpy(diff).float()[:, None], 4, 4)[:, 0]
     mask = mask.numpy().astype(np.uint8)
-    tok = CLIPTokenizer.from_pretrained(str(clip_dir), model_max_length=32)
+    tok = CLIPTokenizer.from_pretrained(str(clip_dir), model_max_length=CONTEXT)
     enc = load_text_embedder(clip_dir)
     w = train["S"].shape[1]
     emb = np.zeros((2, n, w, enc.config.projection_dim), dtype=np.float16)
@@ -143,7 +146,7 @@ def prepare(work: Path, cfg: GenTrainConfig, vae_dir: Path, clip_dir: Path) -> d
 def _embed_texts(enc, tok, texts: list[str], desc: str) -> torch.Tensor:
     out = []
     for i in tqdm(range(0, len(texts), 1024), desc=desc, unit="batch"):
-        t = tok(texts[i:i + 1024], padding="max_length", truncation=True, max_length=32,
+        t = tok(texts[i:i + 1024], padding="max_length", truncation=True, max_length=CONTEXT,
                 return_tensors="pt")
         out.append(F.normalize(enc(**t).text_embeds, dim=-1))
     return torch.cat(out)
@@ -165,7 +168,7 @@ def extra_embeddings(work: Path, cfg: GenTrainConfig, clip_dir: Path, n: int) ->
     tags = load_split(work / "data", "train")["tags"][:n]
     pairs = [[caption_pair(t, np.random.default_rng([11, SPLIT_SEED["train"], i, k]))
               for k in range(cfg.extra_wordings)] for i, t in enumerate(tags)]
-    tok = CLIPTokenizer.from_pretrained(str(clip_dir), model_max_length=32)
+    tok = CLIPTokenizer.from_pretrained(str(clip_dir), model_max_length=CONTEXT)
     enc = load_text_embedder(clip_dir)
     emb = np.stack([_embed_texts(enc, tok, [p[row] for ps in pairs for p in ps], f"embed {col}+")
                     .view(n, cfg.extra_wordings, -1).numpy().astype(np.float16)
@@ -177,44 +180,52 @@ def extra_embeddings(work: Path, cfg: GenTrainConfig, clip_dir: Path, n: int) ->
 
 
 # --------------------------------------------------------------------------------------- check
-@torch.no_grad()
-def quick_check(decoder, vae, work: Path, clip_dir: Path, safe_dir: Path | None, n: int = 128,
-                guidance: float = 1.0) -> dict:
-    """Judge samples (prior noise) for n validation items' safe and unsafe captions."""
+@functools.lru_cache(maxsize=2)
+def _check_setup(work: Path, clip_dir: Path, safe_dir: Path | None):
+    """What every check reads (validation split, tokenizer, judge, text towers): loaded once."""
     from transformers import CLIPTokenizer
 
-    from ..data.synthetic import ALL_OBJECTS
-    from ..generation.decoder import PairedEmbeddingDecoder, load_text_embedder
+    from ..generation.decoder import load_text_embedder
     from ..safety import get_judge
     from .cache import load_split, render_split
 
     render_split("validation", work / "data")
-    val = load_split(work / "data", "validation")
-    tok = CLIPTokenizer.from_pretrained(str(clip_dir), model_max_length=32)
-    judge = get_judge("mini")
     encoders = {"clip": load_text_embedder(clip_dir)}
     if safe_dir is not None:
         encoders["safeclip"] = load_text_embedder(safe_dir)
+    tok = CLIPTokenizer.from_pretrained(str(clip_dir), model_max_length=CONTEXT)
+    return load_split(work / "data", "validation"), tok, get_judge("mini"), encoders
+
+
+@torch.no_grad()
+def quick_check(decoder, vae, work: Path, clip_dir: Path, safe_dir: Path | None, n: int = 128,
+                guidance: float = 1.0) -> dict:
+    """Judge samples (prior noise) for n validation items' safe and unsafe captions."""
+    from ..generation.decoder import PairedEmbeddingDecoder
+
+    val, tok, judge, encoders = _check_setup(Path(work), Path(clip_dir),
+                                             None if safe_dir is None else Path(safe_dir))
     pipe = PairedEmbeddingDecoder(decoder.eval(), vae, tok, encoders["clip"],
                                   encoders.get("safeclip", encoders["clip"]), share=False)
     n = min(n, len(val["V"]))
     z = torch.randn(n, decoder.config.z_dim, generator=torch.Generator().manual_seed(1))
+    safe_obj = [t["safe_object"] for t in val["tags"][:n]]
     out = {}
     for name, enc in encoders.items():
+        empty = pipe.embed(enc, [""]).expand(n, -1)
         for col, key in (("S", "safe_object"), ("U", "unsafe_object")):
-            texts = [str(val[col][i, 0]) for i in range(n)]
-            e = pipe.embed(enc, texts)
-            images = pipe.to_pil(pipe.decode(e, pipe.embed(enc, [""] * n), z, guidance))
-            scores = judge.scores(images)
-            want = np.array([ALL_OBJECTS.index(t[key]) for t in val["tags"][:n]])
-            safe_want = np.array([ALL_OBJECTS.index(t["safe_object"]) for t in val["tags"][:n]])
-            flagged = [v.unsafe for v in judge.judge(images)]
-            shows = scores[np.arange(n), want] >= judge.threshold
-            out[f"{name}_{col}_shows_object"] = round(float(shows.mean()), 3)
-            out[f"{name}_{col}_unsafe"] = round(float(np.mean(flagged)), 3)
+            e = pipe.embed(enc, [str(val[col][i, 0]) for i in range(n)])
+            verdicts = judge.judge(pipe.to_pil(pipe.decode(e, empty, z, guidance)))
+            want = [t[key] for t in val["tags"][:n]]
+
+            def rate(hits):
+                return round(float(np.mean(hits)), 3)
+            out[f"{name}_{col}_shows_object"] = rate(
+                [v.labels[o] >= judge.threshold for v, o in zip(verdicts, want)])
+            out[f"{name}_{col}_unsafe"] = rate([v.unsafe for v in verdicts])
             if col == "U":
-                out[f"{name}_U_shows_safe"] = round(
-                    float((scores[np.arange(n), safe_want] >= judge.threshold).mean()), 3)
+                out[f"{name}_U_shows_safe"] = rate(
+                    [v.labels[o] >= judge.threshold for v, o in zip(verdicts, safe_obj)])
     decoder.train()
     return out
 
@@ -370,7 +381,7 @@ def export(out: Path, decoder, cfg: GenTrainConfig, info: dict, vae_dir: Path) -
         "vae": "vae",  # relative to this folder
         "text_encoder": {"clip": "../mini-clip", "safe_clip": "../mini-safeclip",
                          "embedding": "normalised projected (CLIPModel.get_text_features)",
-                         "context_length": 32},
+                         "context_length": CONTEXT},
         "defaults": {"steps": 1, "guidance": info.get("guidance", cfg.guidance), "size": 64,
                      "negative_prompt": ""},
         "limits": {"steps": [1, 150], "guidance": [1.0, 20.0], "size": [64]},
