@@ -1,5 +1,5 @@
-"""What the mini world's trainers (CLIP, captioner, generator) share: the learning-rate schedule
-and the atomic checkpoint write."""
+"""What the mini world's trainers (CLIP, captioner, generators) share: the learning-rate schedule,
+the optimiser step and the atomic checkpoint write."""
 from __future__ import annotations
 
 import math
@@ -22,3 +22,12 @@ def save_atomic(path: Path, obj: dict) -> None:
     tmp = Path(path).with_suffix(".tmp")
     torch.save(obj, tmp)
     tmp.replace(path)
+
+
+def optimise(opt: torch.optim.Optimizer, loss: torch.Tensor, params, max_norm: float = 1.0) -> None:
+    """One optimiser step on ``loss``: clear the gradients, backpropagate, clip their global norm
+    over ``params`` to ``max_norm``, step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    opt.step()

@@ -25,7 +25,7 @@ from ..encoders import image_features, text_features
 from .cache import load_split
 from ..train.data import normalise_u8 as pixels  # uint8 NHWC -> normalised NCHW
 from .clip import clip_config, new_clip, save_clip_dir
-from .steps import save_atomic, warmup_cosine
+from .steps import optimise, save_atomic, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -132,10 +132,7 @@ def train_mini_clip(data_dir: str | Path, out_dir: str | Path, work_dir: str | P
             g["lr"] = warmup_cosine(cfg.lr, step, cfg.warmup, cfg.steps)
         ids, imgs = sampler.batch(step, cfg.batch)
         loss = clip_loss(model, ids, pixels(imgs))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimise(opt, loss, model.parameters())
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{model.logit_scale.exp().item():.0f}")

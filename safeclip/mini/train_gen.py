@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .steps import save_atomic, warmup_cosine
+from .steps import optimise, save_atomic, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -302,10 +302,7 @@ def train(work: Path, cfg: GenTrainConfig, data: dict, vae, clip_dir: Path, safe
             # free bits (Kingma et al. 2016): without them the posterior collapsed (KL ~ 0), z
             # was unused, and the decoder drew the mean of both sides where a caption gives none
             loss = rec + cfg.beta * kl_dim.clamp_min(cfg.free_bits).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimise(opt, loss, params)
         step += 1
         with torch.no_grad():
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .steps import save_atomic, warmup_cosine
+from .steps import optimise, save_atomic, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -217,10 +217,7 @@ def train_mini_llava(data_dir, out_dir, work_dir, clip_dir,
             g["lr"] = warmup_cosine(cfg.lr, step, cfg.warmup, cfg.steps, floor=0.05)
         ids, mask, labels, pix = sampler.batch(step, cfg.batch)
         loss = caption_loss(model, ids, mask, labels, pix, cfg.feature_noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimise(opt, loss, params)
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")

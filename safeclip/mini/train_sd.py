@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .steps import save_atomic, warmup_cosine
+from .steps import optimise, save_atomic, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -163,10 +163,7 @@ def train_vae(train: dict, ckpt_dir: Path, cfg: SDTrainConfig, val: dict | None 
         loss = rec + cfg.vae_kl * post.kl().mean()
         if feats is not None:
             loss = loss + cfg.vae_perceptual * _feature_loss(feats, r, x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
+        optimise(opt, loss, vae.parameters())
         step += 1
         bar.update(1)
         bar.set_postfix(rec=f"{rec.item():.4f}")
@@ -343,10 +340,7 @@ def train_unet(train: dict, latents: np.ndarray, ckpt_dir: Path, cfg: SDTrainCon
         w = 1.0 + (cfg.unet_object_weight - 1.0) * F.max_pool2d(
             torch.from_numpy(diff).float()[:, None], 4, 4)
         loss = ((unet(zt, t, cond).sample - noise) ** 2 * w).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
+        optimise(opt, loss, unet.parameters())
         step += 1
         _ema_update(ema, unet, min(cfg.ema_decay, (1 + step) / (10 + step)))
         bar.update(1)
