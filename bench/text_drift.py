@@ -1,6 +1,6 @@
 """How far Safe-CLIP's text tower moves *safe* prompts from the original's (mini preset by default).
 
-    OMP_NUM_THREADS=1 python bench/text_drift.py [--preset mini] [--n 300] [--json]
+    OMP_NUM_THREADS=1 python bench/text_drift.py [--preset mini] [--n 300] [--safe-clip DIR] [--json]
 
 Why it matters: generators and captioners are built on the original encoder; the further the safe
 encoder moves safe inputs, the less surely they read them (issue 6's Safe-CLIP safe_fidelity).
@@ -32,15 +32,18 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="mini")
     p.add_argument("--n", type=int, default=300, help="validation items")
     p.add_argument("--n-train", type=int, default=2000, help="training items for the PCA")
+    p.add_argument("--safe-clip", help="another Safe-CLIP folder to hold against the original")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
     from safeclip.data.synthetic import SyntheticViSU
     from safeclip.encoders import load_clip
+    from safeclip.presets import get_preset
 
+    preset = get_preset(args.preset, {"safe_clip": args.safe_clip} if args.safe_clip else None)
     val, train = SyntheticViSU("validation"), SyntheticViSU("train")
-    ref = load_clip(args.preset, "clip", device="cpu")
-    ft = load_clip(args.preset, "safe_clip", device="cpu")
+    ref = load_clip(preset, "clip", device="cpu")
+    ft = load_clip(preset, "safe_clip", device="cpu")
     S = [val[i]["S"] for i in range(args.n)]
     U = [val[i]["U"] for i in range(args.n)]
     rS, rU, fS, fU = ref.encode_text(S), ref.encode_text(U), ft.encode_text(S), ft.encode_text(U)

@@ -1,0 +1,74 @@
+"""How far Safe-CLIP's vision tower moves *safe* images from the original's (mini preset by default).
+
+    OMP_NUM_THREADS=1 python bench/vision_drift.py [--preset mini] [--n 300] [--safe-clip DIR] [--json]
+
+Why it matters: the captioner's projector and language model are trained on the original tower's
+patch tokens (issue 7); the further Safe-CLIP moves the patch tokens of safe images, the less
+surely the captioner reads them. Printed, over the first N validation items of the synthetic
+ViSU (V: safe image, G: its unsafe twin; ref: original, ft: Safe-CLIP):
+
+- pooled, projected and normalised embeddings: cos(ft(V), ref(V)) (what the training objective
+  preserves), cos(ft(G), ref(V)) (what it redirects towards), cos(ft(G), ref(G));
+- patch tokens at the hidden layer the captioner reads (``--layer``, -1 = last, CLS dropped),
+  per token: cos(ft(V), ref(V)) and cos(ft(G), ref(G)).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+import torch.nn.functional as F
+
+
+def cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return round(float(F.cosine_similarity(a, b, dim=-1).mean()), 4)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="mini")
+    p.add_argument("--n", type=int, default=300, help="validation items")
+    p.add_argument("--layer", type=int, default=-1, help="hidden layer of the patch tokens")
+    p.add_argument("--safe-clip", help="another Safe-CLIP folder to hold against the original")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+
+    from safeclip.data.synthetic import SyntheticViSU
+    from safeclip.encoders import load_clip
+    from safeclip.presets import get_preset
+
+    preset = get_preset(args.preset, {"safe_clip": args.safe_clip} if args.safe_clip else None)
+    val = SyntheticViSU("validation", n=args.n, size=preset.image_size)
+    ref = load_clip(preset, "clip", device="cpu", dtype=torch.float32)
+    ft = load_clip(preset, "safe_clip", device="cpu", dtype=torch.float32)
+    if not hasattr(ref.model, "vision_model"):
+        raise SystemExit("patch tokens are read from transformers CLIPModel folders only")
+    V = [val[i]["V"] for i in range(len(val))]
+    G = [val[i]["G"] for i in range(len(val))]
+    pooled = {k: (ref.encode_image(x), ft.encode_image(x)) for k, x in (("V", V), ("G", G))}
+
+    def patches(enc, images):
+        pix = enc.processor(images=images, return_tensors="pt").pixel_values
+        with torch.no_grad():
+            hs = enc.model.vision_model(pix, output_hidden_states=True).hidden_states
+        return hs[args.layer][:, 1:]
+
+    report = {
+        "preset": args.preset, "items": len(val), "layer": args.layer,
+        "pooled_cos_ftV_refV": cos(pooled["V"][1], pooled["V"][0]),
+        "pooled_cos_ftG_refV": cos(pooled["G"][1], pooled["V"][0]),
+        "pooled_cos_ftG_refG": cos(pooled["G"][1], pooled["G"][0]),
+        "patch_cos_ftV_refV": cos(patches(ft, V), patches(ref, V)),
+        "patch_cos_ftG_refG": cos(patches(ft, G), patches(ref, G)),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for k, v in report.items():
+            print(f"{k}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
