@@ -210,3 +210,75 @@ def test_trimmed_padding_gives_the_same_text_features(tiny_clip):
     no_end = ids.clone()
     no_end[2] = 7
     assert trim_padding(no_end, eos).shape == ids.shape  # left alone
+
+
+def _lora_clip(tiny_clip):
+    import copy
+
+    from safeclip.train.lora import LoraSettings, add_lora
+
+    model = add_lora(copy.deepcopy(tiny_clip), LoraSettings(dropout=0.0))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a trained-looking adapter: lora_B is zero at initialisation
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("tower", ["text", "vision"])
+def test_pooled_last_layer_gives_the_same_features_and_gradients(tiny_clip, tower):
+    from safeclip.encoders import image_features, text_features
+    from safeclip.train.pooled import pooled_last_layer, pooled_positions
+
+    model = _lora_clip(tiny_clip)
+    layer = model.get_base_model().text_model.encoder.layers[-1]
+    eos = int(tiny_clip.config.text_config.eos_token_id)
+    ids = torch.full((3, 10), eos)
+    ids[:, 0] = eos - 1
+    ids[0, 1:4] = torch.tensor([320, 1929, 525])
+    ids[1, 1:8] = torch.tensor([320, 1125, 539, 320, 2368, 518, 77])
+    pix = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+    def run(pooled: bool):
+        model.zero_grad()
+        if tower == "text":
+            ctx = pooled_last_layer(model, "text", pooled_positions(ids, eos)) if pooled else None
+            call = lambda: text_features(model, ids)
+        else:
+            ctx = pooled_last_layer(model, "vision") if pooled else None
+            call = lambda: image_features(model, pix)
+        if ctx is None:
+            feats = call()
+        else:
+            with ctx:
+                assert "forward" in vars(layer if tower == "text" else
+                                         model.get_base_model().vision_model.encoder.layers[-1])
+                feats = call()
+        (feats * torch.linspace(-1, 1, feats.shape[-1])).sum().backward()
+        return feats.detach(), _grads(model)
+
+    full, g_full = run(False)
+    pooled, g_pooled = run(True)
+    torch.testing.assert_close(pooled, full, atol=1e-5, rtol=1e-5)
+    assert g_full.keys() == g_pooled.keys() and len(g_full) > 0
+    for name in g_full:
+        torch.testing.assert_close(g_pooled[name], g_full[name], atol=1e-5, rtol=1e-4)
+    assert "forward" not in vars(layer)  # removed on exit: the model is whole again
+    after, _ = run(False)
+    torch.testing.assert_close(after, full)
+
+
+def test_pooled_positions_follow_transformers_rule():
+    from safeclip.train.pooled import pooled_last_layer, pooled_positions
+
+    ids = torch.tensor([[49406, 320, 49407, 49407], [49406, 49407, 0, 0]])
+    assert pooled_positions(ids, 49407).tolist() == [2, 1]  # the first end token
+    assert pooled_positions(torch.tensor([[5, 9, 2, 0]]), 2).tolist() == [1]  # legacy: highest id
+    with pytest.raises(ValueError, match="pooled positions"), \
+            pooled_last_layer(torch.nn.Module(), "text"):
+        pass

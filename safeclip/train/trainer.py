@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ..encoders import image_features, text_features
 from .losses import DEFAULT_WEIGHTS, MODES, SafeClipLoss, needed_inputs
 from .lora import LoraSettings, add_lora
+from .pooled import pooled_last_layer, pooled_positions
 
 logger = logging.getLogger(__name__)
 RECALL_KS = (1, 5, 10, 20)
@@ -74,27 +75,45 @@ def trim_padding(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
 
 class DualEncoder(torch.nn.Module):
     """Runs the tuned model on a batch: texts S+U in one call (padding trimmed to the batch's
-    longest caption), images V+G in one call.
+    longest caption), images V+G in one call, each tower's last layer for its pooled token only.
 
     A module of its own so that DistributedDataParallel wraps its ``forward``."""
 
-    def __init__(self, clip):
+    def __init__(self, clip, pooled: bool = True):
         super().__init__()
         self.clip = clip
         self.eos_token_id = int(clip.config.text_config.eos_token_id)
+        self.pooled = pooled  # last layer for the pooled token only (exact; False for benches)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {}
         texts = [k for k in ("S", "U") if k in batch]
         if texts:
             ids = torch.cat([batch[k] for k in texts])
-            feats = text_features(self.clip, trim_padding(ids, self.eos_token_id))
+            feats = (pooled_text_features(self.clip, ids, self.eos_token_id) if self.pooled
+                     else text_features(self.clip, trim_padding(ids, self.eos_token_id)))
             out.update(zip(texts, feats.split([len(batch[k]) for k in texts])))
         images = [k for k in ("V", "G") if k in batch]
         if images:
-            feats = image_features(self.clip, torch.cat([batch[k] for k in images]))
+            pix = torch.cat([batch[k] for k in images])
+            feats = pooled_image_features(self.clip, pix) if self.pooled else image_features(
+                self.clip, pix)
             out.update(zip(images, feats.split([len(batch[k]) for k in images])))
         return out
+
+
+def pooled_text_features(clip, input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """``text_features`` with the padding trimmed and the last layer run for the pooled token
+    only (both exact; see ``trim_padding`` and ``safeclip.train.pooled``)."""
+    ids = trim_padding(input_ids, eos_token_id)
+    with pooled_last_layer(clip, "text", pooled_positions(ids, eos_token_id)):
+        return text_features(clip, ids)
+
+
+def pooled_image_features(clip, pixel_values: torch.Tensor) -> torch.Tensor:
+    """``image_features`` with the last layer run for the class token only."""
+    with pooled_last_layer(clip, "vision"):
+        return image_features(clip, pixel_values)
 
 
 # --- the frozen reference, cached -----------------------------------------------------------
@@ -112,10 +131,11 @@ def reference_embeddings(clip, source, keys=("S", "V"), batch: int = 256, device
         for k in keys:
             if k in ("S", "U"):
                 per_w = [source.get(idx, np.full(len(idx), j))[k] for j in range(w)]
-                e = torch.stack([text_features(clip, trim_padding(ids.to(device), eos))
+                e = torch.stack([pooled_text_features(clip, ids.to(device), eos)
                                  for ids in per_w], 1)
             else:
-                e = image_features(clip, source.get(idx, np.zeros(len(idx), int))[k].to(device))
+                pix = source.get(idx, np.zeros(len(idx), int))[k].to(device)
+                e = pooled_image_features(clip, pix)
             out[k].append(F.normalize(e.float(), dim=-1).cpu())
     return {k: torch.cat(v) for k, v in out.items()}
 
