@@ -282,3 +282,37 @@ def test_pooled_positions_follow_transformers_rule():
     with pytest.raises(ValueError, match="pooled positions"), \
             pooled_last_layer(torch.nn.Module(), "text"):
         pass
+
+
+def test_token_terms_train_the_patch_tokens_against_a_frozen_reference(tiny_world, tmp_path):
+    from safeclip.train.losses import DEFAULT_WEIGHTS, cos_d
+    from safeclip.train.trainer import DualEncoder, train, vision_pooled_and_tokens
+
+    tr, va = sources(tiny_world)
+    pix = tr.get(np.arange(32), np.zeros(32, int))
+    original = base_clip(tiny_world).eval()
+    with torch.no_grad():
+        ref_tokens = vision_pooled_and_tokens(original, pix["V"], -1)[1]
+
+    def run(name, weights):
+        model, summary = train(config(tmp_path / name, max_steps=6, lr=1e-2, weights=weights),
+                               base_clip(tiny_world), tr, va)
+        model.eval()
+        with torch.no_grad():
+            out = DualEncoder(model, token_layer=-1)({"V": pix["V"], "G": pix["G"]})
+        return out, [h for h in summary["history"] if "loss" in h]
+
+    token_weights = {**DEFAULT_WEIGHTS, "vision_tokens_safe": 2.0, "vision_tokens_nsfw": 2.0}
+    out, steps = run("tok", token_weights)
+    plain, _ = run("plain", DEFAULT_WEIGHTS)
+    assert len(steps) == 6
+    assert steps[0]["vision_tokens_safe"] < 1e-6  # the adapter starts as the identity
+    assert steps[0]["vision_tokens_nsfw"] > 1e-3  # G's tokens differ from their safe twin's
+    # the reference tokens are the original's, whatever the adapter learnt
+    torch.testing.assert_close(out["V_tokens_ref"], ref_tokens, atol=1e-5, rtol=0)
+    assert (out["V_tokens"] - ref_tokens).abs().max() > 1e-3  # the tuned tokens moved
+    assert out["G_tokens"].shape == ref_tokens.shape
+    assert out["V"].shape == (32, original.config.projection_dim)
+    # against the same training without them: safe tokens stay closer, unsafe ones come closer
+    assert cos_d(out["V_tokens"], ref_tokens) < cos_d(plain["V_tokens"], ref_tokens)
+    assert cos_d(out["G_tokens"], ref_tokens) < cos_d(plain["G_tokens"], ref_tokens)

@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-alpha", type=float, default=LoraSettings.alpha)
     p.add_argument("--lora-dropout", type=float, default=LoraSettings.dropout)
     p.add_argument("--lora-targets", nargs="+", default=list(DEFAULT_TARGETS))
+    p.add_argument("--token-layer", type=int, default=d.token_layer,
+                   help="hidden layer of the patch tokens that the vision_tokens_* terms read "
+                        "(-1: last, as the mini captioner; LLaVA-1.5 reads -2)")
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even with a GPU")
     p.add_argument("--no-export", action="store_true")
@@ -81,7 +84,8 @@ def config_from_args(args) -> TrainConfig:
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, batch=args.batch,
         grad_accum=args.grad_accum, epochs=args.epochs, max_steps=args.max_steps,
         patience=args.patience, early_stop=args.early_stop, mixed_precision=args.mixed_precision,
-        ckpt_every=args.ckpt_every, seed=args.seed, report_to=args.report_to, cpu=args.cpu)
+        ckpt_every=args.ckpt_every, seed=args.seed, report_to=args.report_to, cpu=args.cpu,
+        token_layer=args.token_layer)
 
 
 def load_base(preset):

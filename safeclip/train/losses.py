@@ -30,6 +30,15 @@ terms never show the model an unsafe item as a negative, so redirected unsafe te
 stay close to each other (an unsafe query keeps finding unsafe images); these two terms separate
 them. Both need unsafe images (full mode only).
 
+Two more optional terms reach below the pooled embedding, to the patch tokens that a multimodal
+LLM such as LLaVA reads from the vision tower (at ``TrainConfig.token_layer``, class token
+dropped): ``vision_tokens_safe`` = cos_d(ft_tokens(V), ref_tokens(V)) per token keeps safe images'
+tokens where the LLM expects them, and ``vision_tokens_nsfw`` = cos_d(ft_tokens(G), ref_tokens(V))
+redirects an unsafe image's tokens to its safe twin's. The paper's terms constrain the pooled
+embedding only, and a captioner trained on the original tower reads tokens that still carry the
+unsafe object. The token redirection assumes that G and V are aligned pixel for pixel, as in the
+mini world (a real ViSU pair is not: there, use vision_tokens_safe alone).
+
 As the official code does, the weights are normalised to sum to 1 and the weighted sum is divided
 by the number of terms (``normalise=True``). Text-only mode keeps the four terms that need no
 unsafe image: text_safe, text_nsfw, S_Vref, U_Vref (it still needs safe images V).
@@ -60,7 +69,11 @@ TERMS = {
     # extensions (not in the paper): unsafe items of the other modality as hard negatives
     "U_Vref_Gneg": ("hard", "U", "V"),
     "G_Sref_Uneg": ("hard", "G", "S"),
+    # extensions (not in the paper): the vision tower's patch tokens, which a multimodal LLM reads
+    "vision_tokens_safe": ("cos", "V_tokens", "V_tokens"),
+    "vision_tokens_nsfw": ("cos", "G_tokens", "V_tokens"),
 }
+TOKEN_TERMS = ("vision_tokens_safe", "vision_tokens_nsfw")
 HARD_NEGATIVE = {"U_Vref_Gneg": "G", "G_Sref_Uneg": "U"}  # term -> tuned negatives
 TEXT_ONLY = ("text_safe", "text_nsfw", "S_Vref", "U_Vref")
 MODES = {"full": tuple(TERMS), "text": TEXT_ONLY}

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..encoders import image_features, text_features
-from .losses import DEFAULT_WEIGHTS, MODES, SafeClipLoss, needed_inputs
+from .losses import DEFAULT_WEIGHTS, MODES, TOKEN_TERMS, SafeClipLoss, needed_inputs
 from .lora import LoraSettings, add_lora
 from .pooled import pooled_last_layer, pooled_positions
 
@@ -60,6 +60,7 @@ class TrainConfig:
     seed: int = 0
     report_to: str = "none"  # "none", "tensorboard" or "wandb" (imported only when asked)
     cpu: bool = False  # force CPU (e.g. two CPU processes under torchrun)
+    token_layer: int = -1  # hidden layer of the patch tokens (vision_tokens_* terms only)
 
 
 def trim_padding(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
@@ -79,13 +80,20 @@ class DualEncoder(torch.nn.Module):
 
     A module of its own so that DistributedDataParallel wraps its ``forward``."""
 
-    def __init__(self, clip, pooled: bool = True):
+    def __init__(self, clip, pooled: bool = True, token_layer: int | None = None):
         super().__init__()
         self.clip = clip
         self.eos_token_id = int(clip.config.text_config.eos_token_id)
         self.pooled = pooled  # last layer for the pooled token only (exact; False for benches)
+        self.token_layer = token_layer  # also return patch tokens (vision_tokens_* terms)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, torch.Tensor], tokens: bool = True
+                ) -> dict[str, torch.Tensor]:
+        """Pooled features of S, U, V, G (those in ``batch``). With ``token_layer`` set and
+        ``tokens``: also "V_tokens", "G_tokens" (tuned) and "V_tokens_ref" (the frozen original's:
+        adapter disabled, no gradient)."""
+        if tokens and self.token_layer is not None and any(k in batch for k in ("V", "G")):
+            return self._with_tokens(batch)
         out = {}
         texts = [k for k in ("S", "U") if k in batch]
         if texts:
@@ -100,6 +108,28 @@ class DualEncoder(torch.nn.Module):
                 self.clip, pix)
             out.update(zip(images, feats.split([len(batch[k]) for k in images])))
         return out
+
+    def _with_tokens(self, batch):
+        out = self.forward({k: v for k, v in batch.items() if k in ("S", "U")}, tokens=False)
+        images = [k for k in ("V", "G") if k in batch]
+        pix = torch.cat([batch[k] for k in images])
+        pooled, toks = vision_pooled_and_tokens(self.clip, pix, self.token_layer)
+        sizes = [len(batch[k]) for k in images]
+        out.update(zip(images, pooled.split(sizes)))
+        out.update(zip([f"{k}_tokens" for k in images], toks.split(sizes)))
+        if "V" in batch:
+            with torch.no_grad(), self.clip.disable_adapter():
+                out["V_tokens_ref"] = vision_pooled_and_tokens(
+                    self.clip, batch["V"], self.token_layer)[1]
+        return out
+
+
+def vision_pooled_and_tokens(clip, pixel_values, layer: int):
+    """(projected pooled features, patch tokens of hidden layer ``layer`` without the class
+    token) of a transformers CLIPModel (or a peft model around one), from one vision pass."""
+    base = clip.get_base_model() if hasattr(clip, "get_base_model") else clip
+    out = base.vision_model(pixel_values=pixel_values, output_hidden_states=True)
+    return base.visual_projection(out.pooler_output), out.hidden_states[layer][:, 1:]
 
 
 def pooled_text_features(clip, input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
@@ -238,11 +268,13 @@ def validate(enc, val_src, ref_val: dict, loss_fn: SafeClipLoss, batch: int, dev
     for s in range(0, val_src.n, batch):
         idx = np.arange(s, min(s + batch, val_src.n))
         b = {k: v.to(device) for k, v in val_src.get(idx, np.zeros(len(idx), int)).items()}
-        for k, v in enc(b).items():
+        for k, v in enc(b, tokens=False).items():
             embs[k].append(F.normalize(v.float(), dim=-1).cpu())
     embs = {k: torch.cat(v) for k, v in embs.items() if v}
     losses = []
-    plain = SafeClipLoss(loss_fn.raw_weights, loss_fn.mode)  # no gathering: data is all here
+    # no gathering (the data is all here); the pooled terms only (no cache of reference tokens)
+    pooled = {k: w for k, w in loss_fn.raw_weights.items() if k not in TOKEN_TERMS}
+    plain = SafeClipLoss(pooled, loss_fn.mode)
     for s in range(0, val_src.n - batch + 1 if val_src.n >= batch else 1, batch):
         sl = slice(s, s + batch)
         ref = {"S": ref_val["S"][sl, 0] if ref_val["S"].dim() == 3 else ref_val["S"][sl],
@@ -309,7 +341,8 @@ def train(cfg: TrainConfig, clip, train_src, val_src=None, resume: bool = False,
     ref_val = (cached_reference(clip, val_src, run / "ref_val.safetensors", ("S", "V"), acc, device)
                if val_src is not None else None)
     model = add_lora(clip, cfg.lora)
-    enc = DualEncoder(model).train()
+    want_tokens = any(t in loss_fn.weights for t in TOKEN_TERMS)
+    enc = DualEncoder(model, token_layer=cfg.token_layer if want_tokens else None).train()
     opt = _optimizer(cfg, [p for p in enc.parameters() if p.requires_grad])
     enc, opt = acc.prepare(enc, opt)
     torch.manual_seed(cfg.seed + 1000 * rank)  # dropout streams differ per process
@@ -346,7 +379,8 @@ def train(cfg: TrainConfig, clip, train_src, val_src=None, resume: bool = False,
             idx, wording = batch_plan(cfg.seed, epoch, s, order, micro, train_src.n_wordings)
             lo, hi = rank * micro // world, (rank + 1) * micro // world
             idx, wording = idx[lo:hi], wording[lo:hi]
-            batch = {k: v.to(device) for k, v in train_src.get(idx, wording).items() if k in ft_keys}
+            need = set(ft_keys) | ({"V", "G"} if want_tokens else set())
+            batch = {k: v.to(device) for k, v in train_src.get(idx, wording).items() if k in need}
             ref = {}
             if "S" in ref_keys:
                 rs = ref_train["S"]
@@ -355,7 +389,10 @@ def train(cfg: TrainConfig, clip, train_src, val_src=None, resume: bool = False,
             if "V" in ref_keys:
                 ref["V"] = ref_train["V"][torch.as_tensor(idx)].to(device)
             with acc.accumulate(enc), acc.autocast():
-                out = loss_fn(enc(batch), ref)
+                feats = enc(batch)
+                if "V_tokens_ref" in feats:
+                    ref["V_tokens"] = feats.pop("V_tokens_ref")
+                out = loss_fn(feats, ref)
                 acc.backward(out["total"])
                 opt.step()
                 opt.zero_grad(set_to_none=True)
