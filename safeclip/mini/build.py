@@ -140,21 +140,30 @@ def step_safeclip(work: Path, out: Path, force: bool) -> dict:
     return {"safeclip": metrics, "train_seconds": summary["seconds"]}
 
 
-def write_safeclip_card(target: Path, args: list[str], summary: dict, metrics: dict) -> None:
+def write_safeclip_card(target: Path, args: list[str], summary: dict, metrics: dict,
+                        notes: str = "") -> None:
+    from ..train.losses import DEFAULT_WEIGHTS
+
     base = json.loads((target.parent / "mini-clip" / "metrics.json").read_text()) \
         if (target.parent / "mini-clip" / "metrics.json").exists() else {}
     keys = [k for k in metrics if k.endswith(("_r1", "_r10")) or k.startswith("nsfw")]
     rows = "\n".join(f"| {k} | {base.get(k, float('nan')):.3f} | {metrics[k]:.3f} |" for k in keys)
+    weights = summary.get("config", {}).get("weights", DEFAULT_WEIGHTS)
+    changed = {k: v for k, v in weights.items() if v and DEFAULT_WEIGHTS.get(k) != v}
+    objective = ("the paper's eight-term objective with its default weights" if not changed else
+                 "the paper's eight terms, with these weights changed from the paper's defaults "
+                 "or added: " + ", ".join(f"{k} {DEFAULT_WEIGHTS.get(k, 0)} -> {v}"
+                                          for k, v in changed.items()))
     (target / "README.md").write_text(f"""# mini-safeclip
 
 The mini world's Safe-CLIP: `mini-clip` fine-tuned with `safeclip train` (LoRA on both
-encoders, the paper's eight-term objective with its default weights, frozen reference cached
-ahead of training), then merged into a plain transformers `CLIPModel` (fp16 safetensors).
+encoders, {objective}; frozen reference cached ahead of training), then merged into a plain
+transformers `CLIPModel` (fp16 safetensors).
 
 - command: `safeclip train --preset mini --clip assets/models/mini-clip {' '.join(args[6:])}`
   (run by `safeclip mini build --only safeclip`)
 - {summary['global_step']} optimiser steps in {summary['seconds']:.0f} s on this machine
-
+{notes}
 ## Test-split metrics (`safeclip eval retrieval --preset mini`)
 
 | metric | mini-clip | mini-safeclip |

@@ -426,6 +426,37 @@ def run(work: Path, out: Path, cfg: GenTrainConfig | None = None, force: bool = 
     return {k: v for k, v in info.items() if k != "history"}
 
 
+def rescan(work: Path, out: Path) -> dict:
+    """After the mini Safe-CLIP beside ``out`` changed: choose the guidance default again on
+    validation items (same grid and rule as training), update sd_config.json and training.json,
+    evaluate on the test prompts and rewrite the card. The decoder is not retrained: it only
+    ever saw the original text tower."""
+    from ..eval.generation import evaluate_folder
+    from ..generation.decoder import EmbeddingDecoder
+
+    work, out = Path(work), Path(out)
+    clip_dir, safe_dir = out.parent / "mini-clip", out.parent / "mini-safeclip"
+    t = json.loads((out / "training.json").read_text())
+    cfg = GenTrainConfig(**{k: tuple(v) if isinstance(v, list) else v
+                            for k, v in t["config"].items()})
+    dec, vae = EmbeddingDecoder.load(out / "decoder"), _load_vae(out / "vae")
+    _check_setup.cache_clear()
+    scan = {g: quick_check(dec, vae, work, clip_dir, safe_dir, n=cfg.check_items, guidance=g)
+            for g in cfg.guidance_grid}
+    t["guidance_scan"], t["guidance"] = scan, choose_guidance(scan)
+    t["final_check"] = scan[t["guidance"]]
+    t["rescanned"] = ("guidance re-chosen with the Safe-CLIP now beside it (`python -m "
+                      "safeclip.mini.train_gen --rescan`); the Safe-CLIP columns of the training "
+                      "checks are those of the Safe-CLIP of training time")
+    conf = json.loads((out / "sd_config.json").read_text())
+    conf["defaults"]["guidance"] = t["guidance"]
+    (out / "sd_config.json").write_text(json.dumps(conf, indent=2) + "\n")
+    (out / "training.json").write_text(json.dumps(t, indent=2) + "\n")
+    metrics = evaluate_folder(out)
+    write_card(out)
+    return {"guidance": t["guidance"], "metrics": {k: metrics[k] for k in ("clip", "safeclip")}}
+
+
 def write_card(out: Path, command: str = "safeclip mini build --only gen") -> Path:
     """README.md of an exported mini-gen from its training.json and metrics.json (when present)."""
     out = Path(out)
@@ -482,6 +513,8 @@ def write_card(out: Path, command: str = "safeclip mini build --only gen") -> Pa
         lines += checks_table("Checks during training (validation items, prior noise, EMA "
                               "weights)", [(h["step"], h) for h in checks])
     scan = t.get("guidance_scan") or {}
+    if t.get("rescanned"):
+        lines += [f"Note: {t['rescanned']}.", ""]
     if scan:
         lines += checks_table(f"Guidance on validation items ({c['check_items']} items, prior "
                               "noise)", list(scan.items()), first="guidance")
@@ -507,6 +540,9 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, default=Path("work") / "mini", help="data/ and ckpt/")
     p.add_argument("--out", type=Path, default=MINI_MODELS / "mini-gen")
     p.add_argument("--force", action="store_true", help="start over (delete checkpoints)")
+    p.add_argument("--rescan", action="store_true",
+                   help="no training: choose the guidance again for the Safe-CLIP beside --out, "
+                        "evaluate and rewrite the card")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--vae", type=Path, default=None, help="AutoencoderKL folder to train against")
     p.add_argument("--z-mode", choices=("imle", "cvae"), default=GenTrainConfig.z_mode)
@@ -517,6 +553,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
+    if args.rescan:
+        print(json.dumps(rescan(args.work, args.out), indent=2, default=str))
+        return 0
     cfg = GenTrainConfig(**{f: getattr(args, f) for f in (
         "steps", "batch", "items", "extra_wordings", "check_every", "z_dim", "candidates",
         "z_mode", "beta",
