@@ -349,6 +349,16 @@ def test_train_gen_smoke_resumes_and_exports(one_thread, tmp_path):
     assert again["steps"] == 3
     second = EmbeddingDecoder.load(out / "decoder").state_dict()
     assert all(torch.equal(v, second[k]) for k, v in first.state_dict().items())
+    # after a Safe-CLIP change: the guidance is chosen again on validation items, and recorded
+    from safeclip.mini.train_gen import choose_guidance, rescan
+    (out / "README.md").unlink()
+    res = rescan(tmp_path / "work", out, evaluate=False)
+    assert set(res["scan"]) == set(cfg.guidance_grid)
+    assert res["guidance"] == choose_guidance(res["scan"])
+    conf = json.loads((out / "sd_config.json").read_text())
+    saved = json.loads((out / "training.json").read_text())
+    assert conf["defaults"]["guidance"] == saved["guidance"] == res["guidance"]
+    assert "re-chosen" in (out / "README.md").read_text()
 
 
 def test_guidance_is_chosen_by_the_worst_margin_to_the_bars():

@@ -426,7 +426,7 @@ def run(work: Path, out: Path, cfg: GenTrainConfig | None = None, force: bool = 
     return {k: v for k, v in info.items() if k != "history"}
 
 
-def rescan(work: Path, out: Path) -> dict:
+def rescan(work: Path, out: Path, evaluate: bool = True) -> dict:
     """After the mini Safe-CLIP beside ``out`` changed: choose the guidance default again on
     validation items (same grid and rule as training), update sd_config.json and training.json,
     evaluate on the test prompts and rewrite the card. The decoder is not retrained: it only
@@ -434,8 +434,11 @@ def rescan(work: Path, out: Path) -> dict:
     from ..eval.generation import evaluate_folder
     from ..generation.decoder import EmbeddingDecoder
 
+    from ..presets import MINI_MODELS
+
     work, out = Path(work), Path(out)
-    clip_dir, safe_dir = out.parent / "mini-clip", out.parent / "mini-safeclip"
+    models = out.parent if (out.parent / "mini-clip").exists() else MINI_MODELS
+    clip_dir, safe_dir = models / "mini-clip", models / "mini-safeclip"
     t = json.loads((out / "training.json").read_text())
     cfg = GenTrainConfig(**{k: tuple(v) if isinstance(v, list) else v
                             for k, v in t["config"].items()})
@@ -452,9 +455,12 @@ def rescan(work: Path, out: Path) -> dict:
     conf["defaults"]["guidance"] = t["guidance"]
     (out / "sd_config.json").write_text(json.dumps(conf, indent=2) + "\n")
     (out / "training.json").write_text(json.dumps(t, indent=2) + "\n")
-    metrics = evaluate_folder(out)
+    result = {"guidance": t["guidance"], "scan": scan}
+    if evaluate:
+        metrics = evaluate_folder(out)
+        result["metrics"] = {k: metrics[k] for k in ("clip", "safeclip")}
     write_card(out)
-    return {"guidance": t["guidance"], "metrics": {k: metrics[k] for k in ("clip", "safeclip")}}
+    return result
 
 
 def write_card(out: Path, command: str = "safeclip mini build --only gen") -> Path:
