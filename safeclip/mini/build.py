@@ -113,9 +113,14 @@ Gallery: the 2,000 safe and unsafe test images (text queries) or captions (image
 
 
 # the mini Safe-CLIP's training recipe: the paper's objective and LoRA targets; a larger LoRA
-# scale (alpha = r) than the official alpha=1, so that a few CPU epochs are enough
+# scale (alpha = r) than the official alpha=1, so that a few CPU epochs are enough; preservation
+# (text_safe, vision_safe) 4x the paper's weight, and the patch-token terms, so that the mini
+# generator and captioner, built on the original towers, read Safe-CLIP's safe inputs as theirs
+# (issues 6 and 7; measured against the paper's weights in the model card)
 SAFECLIP_ARGS = ["--epochs", "2", "--batch", "128", "--lora-r", "16", "--lora-alpha", "16",
-                 "--lr", "1e-3", "--n-val", "1000", "--ckpt-every", "100"]
+                 "--lr", "1e-3", "--n-val", "1000", "--ckpt-every", "100",
+                 "--weight", "text_safe=0.4", "--weight", "vision_safe=0.4",
+                 "--weight", "vision_tokens_safe=1.0", "--weight", "vision_tokens_nsfw=1.0"]
 
 
 def step_safeclip(work: Path, out: Path, force: bool) -> dict:
