@@ -49,9 +49,10 @@ QUESTIONS = ("Describe the image.", "Describe this image.", "What is in the pict
 @dataclass
 class LlavaTrainConfig:
     steps: int = 700  # length of the learning-rate schedule (warm-up, cosine decay)
-    stop: int = 250  # stop after this many steps (0: at ``steps``); the bundled model stopped
-    #                  at 250 of 700: later checkpoints caption better with the original tower
-    #                  but their Safe-CLIP column names more unsafe objects (see the model card)
+    stop: int = 450  # stop after this many steps (0: at ``steps``); the bundled model stopped
+    #                  at 450 of 700. It once stopped at 250, because later checkpoints read the
+    #                  unsafe object that the paper's objective leaves in Safe-CLIP's patch
+    #                  tokens; the mini Safe-CLIP's token terms remove it (see its model card)
     batch: int = 48  # image-caption pairs per step (safe and unsafe mixed)
     lr: float = 1e-3  # peak learning rate (projector and language model)
     weight_decay: float = 0.01
