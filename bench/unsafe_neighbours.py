@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from safeclip.data.synthetic import SyntheticViSU  # noqa: E402
-from safeclip.encoders import load_clip  # noqa: E402
-from safeclip.eval.retrieval import encode_quads, retrieval_metrics  # noqa: E402
-from safeclip.presets import get_preset  # noqa: E402
+from safeclip.data.synthetic import SyntheticViSU
+from safeclip.encoders import load_clip
+from safeclip.eval.retrieval import encode_quads, retrieval_metrics
+from safeclip.presets import get_preset
 
 ATTRS = ("unsafe_object", "subject", "scene", "colour")
 

@@ -433,7 +433,6 @@ def rescan(work: Path, out: Path, evaluate: bool = True) -> dict:
     ever saw the original text tower."""
     from ..eval.generation import evaluate_folder
     from ..generation.decoder import EmbeddingDecoder
-
     from ..presets import MINI_MODELS
 
     work, out = Path(work), Path(out)
