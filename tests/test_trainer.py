@@ -316,3 +316,21 @@ def test_token_terms_train_the_patch_tokens_against_a_frozen_reference(tiny_worl
     # against the same training without them: safe tokens stay closer, unsafe ones come closer
     assert cos_d(out["V_tokens"], ref_tokens) < cos_d(plain["V_tokens"], ref_tokens)
     assert cos_d(out["G_tokens"], ref_tokens) < cos_d(plain["G_tokens"], ref_tokens)
+
+
+def test_pooled_last_layer_honours_a_padding_mask(tiny_clip):
+    from safeclip.encoders import text_features
+    from safeclip.train.pooled import pooled_last_layer, pooled_positions
+
+    model = _lora_clip(tiny_clip)
+    eos = int(tiny_clip.config.text_config.eos_token_id)
+    ids = torch.full((2, 8), eos)
+    ids[:, 0] = eos - 1
+    ids[0, 1:5] = torch.tensor([320, 1929, 525, 77])
+    mask = torch.ones_like(ids)
+    mask[1, 3:] = 0  # padding after the second row's end token
+    with torch.no_grad():
+        full = text_features(model, ids, mask)
+        with pooled_last_layer(model, "text", pooled_positions(ids, eos)):
+            pooled = text_features(model, ids, mask)
+    torch.testing.assert_close(pooled, full, atol=1e-5, rtol=1e-5)

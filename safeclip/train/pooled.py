@@ -46,8 +46,9 @@ def _pooled_forward(layer, positions: torch.Tensor, causal: bool):
         q = attn.q_proj(x[rows, pos][:, None]).view(b, 1, -1, attn.head_dim).transpose(1, 2)
         k = attn.k_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
         v = attn.v_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
-        if isinstance(attention_mask, torch.Tensor):  # (b, 1|heads, t, t): the pooled rows
-            mask = attention_mask[rows, :, pos][:, :, None]
+        if isinstance(attention_mask, torch.Tensor):  # (b|1, 1|heads, t, t): the pooled rows
+            mrows = rows if attention_mask.shape[0] == b else torch.zeros_like(rows)
+            mask = attention_mask[mrows, :, pos][:, :, None]
         elif causal:
             mask = (torch.arange(t, device=pos.device)[None] <= pos[:, None])[:, None, None]
         else:
