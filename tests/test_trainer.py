@@ -334,3 +334,12 @@ def test_pooled_last_layer_honours_a_padding_mask(tiny_clip):
         with pooled_last_layer(model, "text", pooled_positions(ids, eos)):
             pooled = text_features(model, ids, mask)
     torch.testing.assert_close(pooled, full, atol=1e-5, rtol=1e-5)
+
+
+def test_token_terms_alone_are_refused(tiny_world, tmp_path):
+    from safeclip.train.trainer import train
+
+    tr, va = sources(tiny_world)
+    with pytest.raises(ValueError, match="pooled term beside them"):
+        train(config(tmp_path / "t", max_steps=1, weights={"vision_tokens_safe": 1.0}),
+              base_clip(tiny_world), tr, va)

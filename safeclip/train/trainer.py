@@ -333,6 +333,10 @@ def train(cfg: TrainConfig, clip, train_src, val_src=None, resume: bool = False,
         raise ValueError(f"batch {cfg.batch} must split into {cfg.grad_accum} micro-batches "
                          f"divisible by {world} processes")
     loss_fn = SafeClipLoss(cfg.weights, cfg.mode, gather=gather_with_grad)
+    want_tokens = any(t in loss_fn.weights for t in TOKEN_TERMS)
+    if want_tokens and all(t in TOKEN_TERMS for t in loss_fn.weights):
+        raise ValueError("the vision_tokens_* terms need a pooled term beside them: validation "
+                         "and early stopping read the pooled terms")
     ft_keys, ref_keys = (sorted(k) for k in needed_inputs(loss_fn.weights))
     device = acc.device
     torch.manual_seed(cfg.seed)  # same LoRA init everywhere
@@ -341,7 +345,6 @@ def train(cfg: TrainConfig, clip, train_src, val_src=None, resume: bool = False,
     ref_val = (cached_reference(clip, val_src, run / "ref_val.safetensors", ("S", "V"), acc, device)
                if val_src is not None else None)
     model = add_lora(clip, cfg.lora)
-    want_tokens = any(t in loss_fn.weights for t in TOKEN_TERMS)
     enc = DualEncoder(model, token_layer=cfg.token_layer if want_tokens else None).train()
     opt = _optimizer(cfg, [p for p in enc.parameters() if p.requires_grad])
     enc, opt = acc.prepare(enc, opt)
