@@ -6,8 +6,8 @@ thrown away: its queries, attention output, MLP and their backward. Inside
 ``pooled_last_layer(clip, tower, positions)`` the tower's last encoder layer computes the keys and
 values of all positions (the pooled token attends to them) but the rest for the pooled position
 only, and passes the other positions through unchanged. The embedding is the same to float
-rounding; on the mini CLIP (4 layers) a training step is about a fifth cheaper, on ViT-L/14
-(24 layers) a few percent.
+rounding. On the mini CLIP (4 layers) a training step takes about 0.7x the time
+(``bench/train_throughput.py`` prints it); on ViT-L/14 (24 layers) the saving is a few percent.
 
 Only code that reads the pooled embedding may run inside the context (``last_hidden_state`` is
 wrong there for every other position). The override is an instance attribute, so module names,
