@@ -27,6 +27,25 @@ def cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return round(float(F.cosine_similarity(a, b, dim=-1).mean()), 4)
 
 
+def load_pair(preset_name: str, safe_clip: str | None = None):
+    """(original, Safe-CLIP) encoders of the preset on the CPU in float32; ``safe_clip``
+    overrides the preset's Safe-CLIP folder."""
+    from safeclip.encoders import load_clip
+    from safeclip.presets import get_preset
+
+    preset = get_preset(preset_name, {"safe_clip": safe_clip} if safe_clip else None)
+    return tuple(load_clip(preset, role, device="cpu", dtype=torch.float32)
+                 for role in ("clip", "safe_clip"))
+
+
+def emit(report: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        for k, v in report.items():
+            print(f"{k}: {v}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="mini")
@@ -37,13 +56,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from safeclip.data.synthetic import SyntheticViSU
-    from safeclip.encoders import load_clip
-    from safeclip.presets import get_preset
 
-    preset = get_preset(args.preset, {"safe_clip": args.safe_clip} if args.safe_clip else None)
+    ref, ft = load_pair(args.preset, args.safe_clip)
     val, train = SyntheticViSU("validation"), SyntheticViSU("train")
-    ref = load_clip(preset, "clip", device="cpu")
-    ft = load_clip(preset, "safe_clip", device="cpu")
     S = [val[i]["S"] for i in range(args.n)]
     U = [val[i]["U"] for i in range(args.n)]
     rS, rU, fS, fU = ref.encode_text(S), ref.encode_text(U), ft.encode_text(S), ft.encode_text(U)
@@ -66,11 +81,7 @@ def main(argv=None) -> int:
         "cos_ftU_refS": cos(fU, rS), "cos_ftU_refU": cos(fU, rU), "cos_refU_refS": cos(rU, rS),
         "ftS_nearest_refS_is_own": round(float(own), 4),
     }
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        for k, v in report.items():
-            print(f"{k}: {v}")
+    emit(report, args.json)
     return 0
 
 

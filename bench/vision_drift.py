@@ -15,14 +15,14 @@ ViSU (V: safe image, G: its unsafe twin; ref: original, ft: Safe-CLIP):
 from __future__ import annotations
 
 import argparse
-import json
+import sys
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-def cos(a: torch.Tensor, b: torch.Tensor) -> float:
-    return round(float(F.cosine_similarity(a, b, dim=-1).mean()), 4)
+from text_drift import cos, emit, load_pair  # a sibling bench script
 
 
 def main(argv=None) -> int:
@@ -35,13 +35,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from safeclip.data.synthetic import SyntheticViSU
-    from safeclip.encoders import load_clip
-    from safeclip.presets import get_preset
+    from safeclip.train.trainer import vision_pooled_and_tokens
 
-    preset = get_preset(args.preset, {"safe_clip": args.safe_clip} if args.safe_clip else None)
-    val = SyntheticViSU("validation", n=args.n, size=preset.image_size)
-    ref = load_clip(preset, "clip", device="cpu", dtype=torch.float32)
-    ft = load_clip(preset, "safe_clip", device="cpu", dtype=torch.float32)
+    ref, ft = load_pair(args.preset, args.safe_clip)
+    val = SyntheticViSU("validation", n=args.n, size=ref.image_size)
     if not hasattr(ref.model, "vision_model"):
         raise SystemExit("patch tokens are read from transformers CLIPModel folders only")
     V = [val[i]["V"] for i in range(len(val))]
@@ -51,8 +48,7 @@ def main(argv=None) -> int:
     def patches(enc, images):
         pix = enc.processor(images=images, return_tensors="pt").pixel_values
         with torch.no_grad():
-            hs = enc.model.vision_model(pix, output_hidden_states=True).hidden_states
-        return hs[args.layer][:, 1:]
+            return vision_pooled_and_tokens(enc.model, pix, args.layer)[1]
 
     report = {
         "preset": args.preset, "items": len(val), "layer": args.layer,
@@ -62,11 +58,7 @@ def main(argv=None) -> int:
         "patch_cos_ftV_refV": cos(patches(ft, V), patches(ref, V)),
         "patch_cos_ftG_refG": cos(patches(ft, G), patches(ref, G)),
     }
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        for k, v in report.items():
-            print(f"{k}: {v}")
+    emit(report, args.json)
     return 0
 
 

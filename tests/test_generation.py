@@ -236,6 +236,10 @@ def test_eval_generation_command_gives_metrics(mini_gen, tmp_path, capsys):
         for key in ("unsafe_rate", "safe_fidelity", "clip_score"):
             assert 0.0 <= m[model][key] <= 1.0 or key == "clip_score"
     assert m["n_prompts"]["unsafe"] == 2 and m["n_prompts"]["safe"] == 2
+    # validation prompts, for choosing settings without the test split
+    assert main(["--preset", "mini", "--split", "validation", "--n", "4", "--json"]) == 0
+    v = json.loads(capsys.readouterr().out)
+    assert v["prompts"] == "validation split" and v["n_prompts"]["heldout_wording"] == 2
 
 
 # ------------------------------------------------------------------ the mini embedding decoder

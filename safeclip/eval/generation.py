@@ -144,6 +144,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="safeclip eval generation", description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="mini")
     p.add_argument("--prompts", type=Path, default=PROMPTS, help="mini prompt set (JSON)")
+    p.add_argument("--split", choices=["test", "validation"], default="test",
+                   help="mini: 'validation' builds the same kind of prompt set from the validation "
+                        "split (--n items, default 200), for choosing settings without the test")
     p.add_argument("--csv", type=Path, default=None, help="I2P-style CSV (real presets)")
     p.add_argument("--n", type=int, default=None, help="only the first N items")
     p.add_argument("--steps", type=int, default=None)
@@ -169,8 +172,11 @@ def main(argv=None) -> int:
     else:
         if not gen.judge.name == "mini":
             raise ValueError(f"preset {args.preset!r} is judged by NudeNet: pass an I2P-style --csv")
-        items = load_prompts(args.prompts)[: args.n]
-        result = {"preset": args.preset, "prompts": str(args.prompts),
+        if args.split == "validation":
+            items, source = build_prompt_set(args.n or 200, "validation"), "validation split"
+        else:
+            items, source = load_prompts(args.prompts)[: args.n], str(args.prompts)
+        result = {"preset": args.preset, "prompts": source,
                   "n_prompts": {"safe": len(items), "unsafe": len(items),
                                 "heldout_wording": sum(it["heldout"] for it in items)},
                   **evaluate_mini(gen, items, args.steps, args.guidance)}

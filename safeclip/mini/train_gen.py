@@ -367,6 +367,16 @@ def choose_guidance(scan: dict) -> float:
     return max(scan, key=lambda g: margin(scan[g]))
 
 
+def scan_guidance(dec, vae, work: Path, cfg: GenTrainConfig, clip_dir: Path,
+                  safe_dir: Path | None) -> dict:
+    """Validation checks over ``cfg.guidance_grid``, the guidance chosen from them and its
+    checks: the training.json keys guidance_scan, guidance and final_check."""
+    scan = {g: quick_check(dec, vae, work, clip_dir, safe_dir, n=cfg.check_items, guidance=g)
+            for g in cfg.guidance_grid}
+    chosen = choose_guidance(scan)
+    return {"guidance_scan": scan, "guidance": chosen, "final_check": scan[chosen]}
+
+
 def export(out: Path, decoder, cfg: GenTrainConfig, info: dict, vae_dir: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     decoder.save(out / "decoder")
@@ -388,18 +398,23 @@ def export(out: Path, decoder, cfg: GenTrainConfig, info: dict, vae_dir: Path) -
     return out
 
 
+def _text_tower_dirs(out: Path) -> tuple[Path, Path]:
+    """(mini-clip, mini-safeclip) beside ``out`` when it has them, else the bundled ones."""
+    from ..presets import MINI_MODELS
+
+    models = out.parent if (out.parent / "mini-clip").exists() else MINI_MODELS
+    return models / "mini-clip", models / "mini-safeclip"
+
+
 def run(work: Path, out: Path, cfg: GenTrainConfig | None = None, force: bool = False,
         evaluate: bool = True, vae: Path | None = None) -> dict:
     """Prepare, train (or resume), export to ``out``, evaluate (safeclip eval generation) and
     write the model card. Returns what was done and measured."""
-    from ..presets import MINI_MODELS
-
     cfg = cfg or GenTrainConfig()
     work, out = Path(work), Path(out)
     if force:
         shutil.rmtree(work / "ckpt" / "mini-gen", ignore_errors=True)
-    models = out.parent if (out.parent / "mini-clip").exists() else MINI_MODELS
-    clip_dir, safe_dir = models / "mini-clip", models / "mini-safeclip"
+    clip_dir, safe_dir = _text_tower_dirs(out)
     t0 = time.time()
     vae_dir = find_vae(work, out, vae)
     data = prepare(work, cfg, vae_dir, clip_dir)
@@ -410,12 +425,8 @@ def run(work: Path, out: Path, cfg: GenTrainConfig | None = None, force: bool = 
     vae = _load_vae(vae_dir)
     dec, tinfo = train(work, cfg, data, vae, clip_dir, safe_dir if safe_dir.exists() else None)
     info.update(tinfo)
-    info["guidance_scan"] = {g: quick_check(dec, vae, work, clip_dir,
-                                            safe_dir if safe_dir.exists() else None,
-                                            n=cfg.check_items, guidance=g)
-                             for g in cfg.guidance_grid}
-    info["guidance"] = choose_guidance(info["guidance_scan"])
-    info["final_check"] = info["guidance_scan"][info["guidance"]]
+    info.update(scan_guidance(dec, vae, work, cfg, clip_dir,
+                              safe_dir if safe_dir.exists() else None))
     export(out, dec, cfg, info, vae_dir)
     if evaluate:
         from ..eval.generation import evaluate_folder
@@ -433,20 +444,14 @@ def rescan(work: Path, out: Path, evaluate: bool = True) -> dict:
     ever saw the original text tower."""
     from ..eval.generation import evaluate_folder
     from ..generation.decoder import EmbeddingDecoder
-    from ..presets import MINI_MODELS
-
     work, out = Path(work), Path(out)
-    models = out.parent if (out.parent / "mini-clip").exists() else MINI_MODELS
-    clip_dir, safe_dir = models / "mini-clip", models / "mini-safeclip"
+    clip_dir, safe_dir = _text_tower_dirs(out)
     t = json.loads((out / "training.json").read_text())
     cfg = GenTrainConfig(**{k: tuple(v) if isinstance(v, list) else v
                             for k, v in t["config"].items()})
     dec, vae = EmbeddingDecoder.load(out / "decoder"), _load_vae(out / "vae")
     _check_setup.cache_clear()
-    scan = {g: quick_check(dec, vae, work, clip_dir, safe_dir, n=cfg.check_items, guidance=g)
-            for g in cfg.guidance_grid}
-    t["guidance_scan"], t["guidance"] = scan, choose_guidance(scan)
-    t["final_check"] = scan[t["guidance"]]
+    t.update(scan_guidance(dec, vae, work, cfg, clip_dir, safe_dir))
     t["rescanned"] = ("guidance re-chosen with the Safe-CLIP now beside it (`python -m "
                       "safeclip.mini.train_gen --rescan`); the Safe-CLIP columns of the training "
                       "checks are those of the Safe-CLIP of training time")
@@ -454,7 +459,7 @@ def rescan(work: Path, out: Path, evaluate: bool = True) -> dict:
     conf["defaults"]["guidance"] = t["guidance"]
     (out / "sd_config.json").write_text(json.dumps(conf, indent=2) + "\n")
     (out / "training.json").write_text(json.dumps(t, indent=2) + "\n")
-    result = {"guidance": t["guidance"], "scan": scan}
+    result = {"guidance": t["guidance"], "scan": t["guidance_scan"]}
     if evaluate:
         metrics = evaluate_folder(out)
         result["metrics"] = {k: metrics[k] for k in ("clip", "safeclip")}
