@@ -87,7 +87,7 @@ def mixed_calls(image: str):
 def load(clients: int, calls: int, seed: int = 0) -> dict:
     from gradio_client import Client
 
-    from safeclip.data.synthetic import SyntheticViSU
+    from safeclip.mini.synthetic import SyntheticViSU
 
     image = str(Path(tempfile.mkdtemp()) / "query.png")
     SyntheticViSU("test")[2]["G"].save(image)

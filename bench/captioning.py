@@ -47,30 +47,20 @@ def _status(key: str) -> int:
 
 def load_llava(preset_name: str, device):
     """One plain LLaVA (language model, projector, original tower) as load_captioner loads it."""
-    from safeclip import captioning as c
-    from safeclip.encoders import default_device_dtype, fetch
+    from safeclip.captioning.llava import load_llava as load
     from safeclip.presets import get_preset
 
-    preset = get_preset(preset_name)
-    device, dtype = default_device_dtype(device)
-    if preset.bundled:
-        return c._load_mini(preset, device, dtype), Path(preset.safe_clip)
-    path = fetch(preset.llava, preset.name, "llava", files=["*.json", "*.safetensors", "*.model"])
-    safe = fetch(preset.safe_clip, preset.name, "safe_clip", files=["*.json", "*.safetensors"])
-    return c._load_real(path, device, dtype, None, False), safe
+    model, tok, proc, safe = load(get_preset(preset_name), device)
+    return (model, tok, proc), safe
 
 
 def child(setup: str, preset: str, device: str | None) -> dict:
     """Load one setup in this (fresh) process and report its peak memory increase."""
     import torch
 
-    from safeclip.captioning import (
-        PairedCaptioner,
-        load_captioner,
-        load_tower_weights,
-        unique_bytes,
-    )
-    from safeclip.data.synthetic import SyntheticViSU
+    from safeclip.captioning import PairedCaptioner, load_captioner, load_tower_weights
+    from safeclip.sharing import unique_bytes
+    from safeclip.mini.synthetic import SyntheticViSU
 
     image = SyntheticViSU("test", n=1)[0]["G"]
     torch.set_num_threads(1)
@@ -83,13 +73,13 @@ def child(setup: str, preset: str, device: str | None) -> dict:
     else:
         (model, tok, proc), safe_src = load_llava(preset, device)
         # the model's own tower passed as "safe" too: nothing extra is held
-        cap = PairedCaptioner(model, model.model.vision_tower, tok, proc, preset)
+        cap = PairedCaptioner(model, model.model.vision_tower, tok, proc, preset=preset)
         res = [cap.caption(image, "clip")]
         mods = [model]
         if setup == "two":  # a second full LLaVA whose own tower is the safe one
             (model2, _, _), _ = load_llava(preset, device)
             load_tower_weights(model2.model.vision_tower, safe_src)
-            cap2 = PairedCaptioner(model2, model2.model.vision_tower, tok, proc, preset)
+            cap2 = PairedCaptioner(model2, model2.model.vision_tower, tok, proc, preset=preset)
             res.append(cap2.caption(image, "clip"))
             mods.append(model2)
     peak = torch.cuda.max_memory_allocated() if cuda else _status("VmHWM") - base
@@ -147,7 +137,7 @@ def main(argv=None) -> int:
     import torch
 
     from safeclip.captioning import load_captioner
-    from safeclip.data.synthetic import SyntheticViSU
+    from safeclip.mini.synthetic import SyntheticViSU
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     cap = load_captioner(args.preset, device=args.device)

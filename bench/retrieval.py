@@ -168,23 +168,26 @@ def print_ann(r: dict) -> None:
 
 def _random_mini_preset(tmp: Path):
     """Randomly initialised models of the mini architecture (the bundled ones are not built)."""
+    import dataclasses
+
     from safeclip.mini.clip import clip_config, new_clip, save_clip_dir
-    from safeclip.presets import Preset, get_preset
+    from safeclip.presets import get_preset
 
     mini = get_preset("mini")
     dirs = [save_clip_dir(new_clip(clip_config(), seed=s), tmp / f"m{s}") for s in (0, 1)]
-    return Preset(name="mini-random", description="random mini-architecture models",
-                  backend="transformers", clip=str(dirs[0]), safe_clip=str(dirs[1]),
-                  image_size=mini.image_size, embed_dim=mini.embed_dim,
-                  context_length=mini.context_length)
+    return dataclasses.replace(mini, name="mini-random", description="random mini models",
+                               retrieval=dataclasses.replace(mini.retrieval, clip=dataclasses.replace(
+                                   mini.retrieval.clip, ref=str(dirs[0])), safe_clip=dataclasses.replace(
+                                   mini.retrieval.safe_clip, ref=str(dirs[1]))))
 
 
 def bench_latency(index: str | None, preset: str | None, n_queries: int, gallery_items: int,
                   k: int = 10) -> dict:
     import torch
 
-    from safeclip.data.synthetic import caption_pair, sample_tags, split_rng
-    from safeclip.presets import ASSETS, get_preset
+    from safeclip.mini import ASSETS
+    from safeclip.mini.synthetic import caption_pair, sample_tags, split_rng
+    from safeclip.presets import get_preset
     from safeclip.retrieval import Gallery, build_gallery
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

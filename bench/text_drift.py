@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
-    from safeclip.data.synthetic import SyntheticViSU
+    from safeclip.mini.synthetic import SyntheticViSU
 
     ref, ft = load_pair(args.preset, args.safe_clip)
     val, train = SyntheticViSU("validation"), SyntheticViSU("train")

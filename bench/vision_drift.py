@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
-    from safeclip.data.synthetic import SyntheticViSU
+    from safeclip.mini.synthetic import SyntheticViSU
     from safeclip.train.trainer import vision_pooled_and_tokens
 
     ref, ft = load_pair(args.preset, args.safe_clip)

@@ -20,6 +20,7 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
+from safeclip.errors import StudioError
 from safeclip.images import blur
 
 logger = logging.getLogger(__name__)
@@ -31,22 +32,20 @@ MAX_OUTPUTS = 5000  # files kept there
 
 
 def guard(fn):
-    """Readable ``gr.Error`` for bad input and missing models; anything else is logged with its
-    traceback and reported in one line. Either way the app keeps serving."""
+    """A ``StudioError`` (bad input, a missing model, a gallery still building) becomes a
+    readable ``gr.Error``; anything else is a bug: logged with its traceback and reported in one
+    line. Either way the app keeps serving."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except (ValueError, TypeError, KeyError, FileNotFoundError) as e:  # ImageError included
+        except StudioError as e:
             raise gr.Error(readable(e)) from e
         except Exception as e:  # noqa: BLE001 - never let one call take the app down
-            from safeclip.encoders import ModelUnavailableError
-            if isinstance(e, ModelUnavailableError):
-                raise gr.Error(str(e)) from e
             logger.exception("%s failed", fn.__name__)
-            raise gr.Error(f"internal error ({type(e).__name__}): {e}") from e
+            raise gr.Error(f"internal error ({type(e).__name__}): {readable(e)}") from e
     return wrapper
 
 
@@ -56,13 +55,20 @@ def readable(e: Exception) -> str:
     return re.sub(r"(?<![\w:/])(/[^\s/:]+)+/([^\s/:]+)", r"\2", text)
 
 
-def gpu(fn):
-    """``spaces.GPU`` on Hugging Face ZeroGPU Spaces; a no-op elsewhere."""
+def gpu(fn, seconds: int = 60):
+    """``spaces.GPU(duration=seconds)`` on Hugging Face ZeroGPU Spaces (the world's data says
+    how long one call of a capability may hold the GPU); a no-op elsewhere."""
     try:
         import spaces
     except ImportError:
         return fn
-    return spaces.GPU(fn)
+    return spaces.GPU(duration=int(seconds))(fn)
+
+
+def gallery_status(studio):
+    """The gallery's status line, and whether its timer keeps ticking."""
+    line = studio.gallery_status()
+    return line or "", gr.Timer(active=line is not None and "No gallery" not in line)
 
 
 def show(image: Image.Image, flagged: bool, reveal: bool) -> Image.Image:
@@ -174,8 +180,8 @@ def render_generation(res, reveal: bool):
 
 
 def generate(studio, prompt, negative_prompt, seed, steps, guidance, reveal):
-    res = studio.generate(prompt, negative_prompt or None, seed=_int(seed, "seed"),
-                          steps=_int(steps, "steps"), guidance=guidance)
+    res = studio.generate(prompt, negative_prompt or None, seed=seed, steps=steps,
+                          guidance=guidance)
     return (*render_generation(res, reveal), res)
 
 
@@ -185,22 +191,9 @@ def rerender_generation(res, reveal):
     return render_generation(res, reveal)
 
 
-def _int(value, name):
-    if value is None or value == "":
-        return None
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, not {value!r}") from None
-    if f != int(f):
-        raise ValueError(f"{name} must be a whole number, not {value!r}")
-    return int(f)
-
-
 # -- captioning --------------------------------------------------------------------------------
 def caption(studio, image, question, max_new_tokens):
-    res = studio.caption(image, question or None, max_new_tokens=_int(max_new_tokens,
-                                                                        "max new tokens"))
+    res = studio.caption(image, question or None, max_new_tokens=max_new_tokens)
     out = []
     for m in COLUMNS:
         out.append(getattr(res, m).text)

@@ -1,6 +1,8 @@
-"""Converting a transformers ``CLIPModel`` into an open_clip model (state dict + config).
+"""Saving a transformers ``CLIPModel`` in the forms its users load, and converting it into an
+open_clip model (state dict + config).
 
-    >>> from safeclip.convert import hf_to_open_clip, save_open_clip
+    >>> from safeclip.convert import hf_to_open_clip, save_open_clip, save_clip_dir
+    >>> save_clip_dir(clip_model, "out/clip")        # a Hub CLIP folder (tokenizer, processor)
     >>> sd, cfg = hf_to_open_clip(clip_model)        # open_clip key names, open_clip config
     >>> save_open_clip(clip_model, "out/open_clip")  # open_clip_config.json + weights
 
@@ -87,3 +89,24 @@ def save_open_clip(model, out_dir: str | Path, dtype: torch.dtype | None = None)
     (out / "open_clip_config.json").write_text(json.dumps(
         {"model_cfg": cfg, "preprocess_cfg": {"mean": OPENAI_MEAN, "std": OPENAI_STD}}, indent=2))
     return out
+
+
+def save_clip_dir(model, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write ``model`` with its tokenizer and image processor, as a Hub CLIP folder."""
+    from .encoders import default_processor
+    from .tokenizer import clip_tokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    to_save = model if dtype is None else _cast_copy(model, dtype)
+    to_save.save_pretrained(out, safe_serialization=True)
+    ctx = int(model.config.text_config.max_position_embeddings)
+    clip_tokenizer(ctx).save_pretrained(out)
+    default_processor(int(model.config.vision_config.image_size)).save_pretrained(out)
+    return out
+
+
+def _cast_copy(model, dtype):
+    import copy
+
+    return copy.deepcopy(model).to(dtype)

@@ -1,13 +1,16 @@
-"""Loading a preset's two CLIPs (original and Safe-CLIP) behind one small encoding interface.
+"""A world's two retrieval CLIPs (original and Safe-CLIP) behind one small encoding interface.
 
-    >>> from safeclip.encoders import load_clip_pair
+    >>> from safeclip.encoders import load_clip_pair, load_clip_folder
     >>> pair = load_clip_pair("mini")                  # or "vit-l-14", a Preset, overrides...
     >>> t = pair.clip.encode_text(["a dog on the beach"])          # (1, D), L2-normalised, CPU
     >>> v = pair.safeclip.encode_image([PIL.Image.open("x.png")])  # any mode, any size
+    >>> enc = load_clip_folder("runs/x/export/merged")             # one CLIPModel folder
 
-Two backends share the interface: transformers ``CLIPModel`` directories and open_clip state dicts
-(``open_clip_pytorch_model.bin`` loaded with ``weights_only=True``, or safetensors). Embeddings come
-back as float32 CPU tensors, whatever the model's device and dtype, ready for faiss or numpy.
+Two kinds share the interface (``safeclip.kinds`` table ``clip``): ``transformers`` (a
+``CLIPModel`` folder) and ``open_clip`` (an open_clip state dict, ``open_clip_model.safetensors``
+or ``open_clip_pytorch_model.bin`` loaded with ``weights_only=True``, with its
+``open_clip_config.json`` or a named architecture). Embeddings come back as float32 CPU tensors,
+whatever the model's device and dtype, ready for faiss or numpy.
 """
 from __future__ import annotations
 
@@ -21,18 +24,16 @@ from typing import NamedTuple, Sequence
 import torch
 from PIL import Image
 
+from .errors import ModelUnavailableError, StudioError
+from .hub import CLIP_FILES, OPEN_CLIP_FILES, fetch
 from .images import to_rgb
-from .presets import Preset, get_preset, resolve_ref, ROLES
+from .presets import ModelSpec, Preset, get_preset
+from .weights import load_state_dict
 
 logger = logging.getLogger(__name__)
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-
-
-class ModelUnavailableError(RuntimeError):
-    """A model is neither on disk nor downloadable; the message says how to point at a copy."""
 
 
 def default_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.dtype]:
@@ -51,39 +52,6 @@ def default_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.d
         dtype = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16,
                  "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}[dtype]
     return device, dtype
-
-
-def unavailable(ref: str, preset: str, role: str, reason: str = "") -> ModelUnavailableError:
-    var = ROLES.get(role, "SAFECLIP_CLIP")
-    flag = "--" + role.replace("_", "-")
-    why = f" ({reason})" if reason else ""
-    return ModelUnavailableError(
-        f"Model {ref!r} (preset {preset!r}, {role}) is not on disk and could not be fetched from "
-        f"the Hugging Face Hub{why}. Download it where you have network and point at the copy with "
-        f"{flag} PATH or {var}=PATH, or put it under $SAFECLIP_MODELS_DIR/{ref}. "
-        f"The bundled preset 'mini' works offline.")
-
-
-def fetch(ref: str, preset: str, role: str, files: Sequence[str] | None = None) -> Path:
-    """A local folder (or file) for ``ref``: the path itself, a mirror, the HF cache, or the Hub."""
-    ref = resolve_ref(ref)
-    if Path(ref).exists():
-        return Path(ref)
-    if ref.startswith(("/", "./", "../", "~")) or Path(ref).suffix in (".bin", ".pt", ".safetensors"):
-        raise unavailable(ref, preset, role, "no such file or folder")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:  # pragma: no cover - installed with transformers
-        raise unavailable(ref, preset, role, "huggingface_hub is not installed") from None
-    patterns = list(files) if files else None
-    try:  # the local cache first: no network involved
-        return Path(snapshot_download(ref, allow_patterns=patterns, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not cached; try the network below
-        pass
-    try:
-        return Path(snapshot_download(ref, allow_patterns=patterns, etag_timeout=10))
-    except Exception as e:  # noqa: BLE001 - one readable message instead of a stack of hub errors
-        raise unavailable(ref, preset, role, f"{e.__class__.__name__}") from None
 
 
 @dataclass
@@ -213,44 +181,48 @@ class ClipPair(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 def load_clip(preset: str | Preset, role: str = "clip", device=None, dtype=None,
               overrides: dict | None = None) -> ClipEncoder:
-    """Load one model of a preset: ``role`` is "clip" (original) or "safe_clip"."""
-    preset = get_preset(preset, overrides)
+    """Load one retrieval model of a world: ``role`` is "clip" (original) or "safe_clip"."""
+    from .kinds import resolve
+
+    world = get_preset(preset, overrides)
     if role not in ("clip", "safe_clip"):
         raise ValueError(f"role must be 'clip' or 'safe_clip', not {role!r}")
+    if world.retrieval is None:
+        raise StudioError(f"world {world.name!r} has no retrieval models")
+    spec = getattr(world.retrieval, role)
     device, dtype = default_device_dtype(device, dtype)
-    ref = getattr(preset, role)
-    name = "clip" if role == "clip" else "safeclip"
-    if preset.bundled and not Path(ref).exists():
-        from .mini.placeholder import placeholder_clip_dir
-        logger.warning("%s of preset %r is not built yet (%s): using a seeded tiny random "
-                       "placeholder model", role, preset.name, ref)
-        ref = str(placeholder_clip_dir(preset, seed=0 if role == "clip" else 1))
-    if preset.backend == "transformers":
-        enc = _load_transformers(name, ref, preset, role, device, dtype)
-    elif preset.backend == "open_clip":
-        arch = preset.open_clip_arch if role == "clip" else preset.safe_open_clip_arch
-        enc = _load_open_clip(name, ref, preset, role, arch, device, dtype)
-    else:
-        raise ValueError(f"preset {preset.name!r}: unknown backend {preset.backend!r}")
-    logger.info("loaded %s (%s) from %s on %s/%s", name, preset.backend, ref, device, dtype)
+    enc = resolve("clip", spec.kind or "transformers", world)(spec, world, device, dtype)
+    logger.info("loaded %s (%s) from %s on %s/%s", enc.name, enc.backend, enc.ref, device, dtype)
     return enc
 
 
 def load_clip_pair(preset: str | Preset, device=None, dtype=None,
                    overrides: dict | None = None) -> ClipPair:
-    """The original CLIP and the Safe-CLIP of ``preset``, ready to encode."""
+    """The original CLIP and the Safe-CLIP of a world, ready to encode."""
     return ClipPair(load_clip(preset, "clip", device, dtype, overrides),
                     load_clip(preset, "safe_clip", device, dtype, overrides))
 
 
-def _load_transformers(name, ref, preset, role, device, dtype) -> HFClipEncoder:
+def load_clip_folder(path, name: str = "clip", device=None, dtype=None) -> "HFClipEncoder":
+    """One transformers CLIPModel folder, outside any world (training outputs, benchmarks)."""
+    from types import SimpleNamespace
+
+    device, dtype = default_device_dtype(device, dtype)
+    role = "clip" if name == "clip" else "safe_clip"
+    return load_transformers_clip(ModelSpec(role, str(path), "transformers"),
+                                  SimpleNamespace(name="(folder)"), device, dtype)
+
+
+def _name(role: str) -> str:
+    return "clip" if role == "clip" else "safeclip"
+
+
+def load_transformers_clip(spec: ModelSpec, world, device, dtype) -> HFClipEncoder:
+    """kind ``transformers``: a CLIPModel folder (tokenizer and image processor when present,
+    else the offline CLIP tokenizer and OpenAI preprocessing at the model's size)."""
     from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
-    path = fetch(ref, preset.name, role, files=["*.json", "*.txt", "*.safetensors"])
-    if not (path / "config.json").exists():
-        raise unavailable(ref, preset.name, role, f"{path} holds no CLIPModel (config.json)")
-    if not any(path.glob("*.safetensors")) and not Path(ref).exists():  # .bin-only Hub repos
-        path = fetch(ref, preset.name, role, files=["*.json", "*.txt", "pytorch_model.bin"])
+    path = fetch(spec.ref, CLIP_FILES, role=spec.role, world=world.name, hint=spec.hint)
     model = CLIPModel.from_pretrained(path, dtype=dtype).to(device).eval()
     ctx = int(model.config.text_config.max_position_embeddings)
     if (path / "vocab.json").exists() or (path / "tokenizer.json").exists():
@@ -261,63 +233,59 @@ def _load_transformers(name, ref, preset, role, device, dtype) -> HFClipEncoder:
     if (path / "preprocessor_config.json").exists():
         processor = CLIPImageProcessor.from_pretrained(path)
     else:
-        size = int(model.config.vision_config.image_size)
-        processor = CLIPImageProcessor(size={"shortest_edge": size},
-                                       crop_size={"height": size, "width": size},
-                                       image_mean=list(OPENAI_MEAN), image_std=list(OPENAI_STD))
-    return HFClipEncoder(name, str(path), model, tokenizer, processor, device, dtype, ctx)
+        processor = default_processor(int(model.config.vision_config.image_size))
+    return HFClipEncoder(_name(spec.role), str(path), model, tokenizer, processor, device, dtype,
+                         ctx)
 
 
-def _open_clip_files(ref, preset, role) -> tuple[Path, dict | None]:
+def default_processor(size: int):
+    """OpenAI CLIP preprocessing at ``size`` px (for checkpoints that ship none)."""
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                              image_mean=list(OPENAI_MEAN), image_std=list(OPENAI_STD))
+
+
+def _open_clip_files(spec: ModelSpec, world) -> tuple[Path, dict | None]:
     """(weights file, open_clip_config.json contents or None) for a file, folder or Hub id."""
-    path = fetch(ref, preset.name, role, files=["open_clip_config.json", *OPEN_CLIP_WEIGHTS])
-    if path.is_file():
-        cfg_file = path.parent / "open_clip_config.json"
-        return path, (json.loads(cfg_file.read_text()) if cfg_file.exists() else None)
-    weights = next((path / f for f in OPEN_CLIP_WEIGHTS if (path / f).exists()), None)
-    if weights is None:
-        raise unavailable(ref, preset.name, role, f"{path} holds none of {', '.join(OPEN_CLIP_WEIGHTS)}")
-    cfg_file = path / "open_clip_config.json"
+    path = fetch(spec.ref, OPEN_CLIP_FILES, role=spec.role, world=world.name, hint=spec.hint)
+    folder = path.parent if path.is_file() else path
+    weights = path if path.is_file() else next(
+        (path / f for f in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+         if (path / f).exists()))
+    cfg_file = folder / "open_clip_config.json"
     return weights, (json.loads(cfg_file.read_text()) if cfg_file.exists() else None)
 
 
-def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from safetensors or a torch file, never unpickling arbitrary objects."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):  # training checkpoints wrap the weights
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-    return {k.removeprefix("module."): v for k, v in sd.items()}
-
-
-def _load_open_clip(name, ref, preset, role, arch, device, dtype) -> OpenClipEncoder:
+def load_open_clip(spec: ModelSpec, world, device, dtype) -> OpenClipEncoder:
+    """kind ``open_clip``: weights with their open_clip_config.json, or a named architecture
+    (``arch`` of the world's model entry)."""
     try:
         import open_clip
     except ImportError:
-        raise ModelUnavailableError("preset %r needs open_clip: pip install open_clip_torch"
-                                    % preset.name) from None
-    weights, cfg = _open_clip_files(ref, preset, role)
+        raise ModelUnavailableError(f"world {world.name!r} needs open_clip for its {spec.role}: "
+                                    "pip install open_clip_torch") from None
+    weights, cfg = _open_clip_files(spec, world)
     if cfg is not None:  # a self-describing folder (what `safeclip export` and the Hub write)
         mc = dict(cfg["model_cfg"])
         model = open_clip.model.CLIP(**mc)
         ctx = int(mc["text_cfg"].get("context_length", 77))
-        size = mc["vision_cfg"].get("image_size", preset.image_size)
+        size = mc["vision_cfg"].get("image_size", 224)
         tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=ctx)
     else:
-        if not arch:
-            raise ValueError(f"preset {preset.name!r} names no open_clip architecture for {role}")
-        model = open_clip.create_model(arch, pretrained=None)
+        if not spec.arch:
+            raise ModelUnavailableError(
+                f"{weights} ({spec.role} of world {world.name!r}) has no open_clip_config.json "
+                "and the world names no architecture (arch) for it")
+        model = open_clip.create_model(spec.arch, pretrained=None)
         ctx = int(model.context_length)
-        size = preset.image_size
-        tokenizer = open_clip.get_tokenizer(arch)
+        size = model.visual.image_size
+        tokenizer = open_clip.get_tokenizer(spec.arch)
     missing, unexpected = model.load_state_dict(load_state_dict(weights), strict=False)
     missing = [k for k in missing if k != "attn_mask"]
     if missing or unexpected:
-        raise ValueError(f"{weights}: weights do not fit the open_clip model "
-                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ModelUnavailableError(f"{weights}: weights do not fit the open_clip model "
+                                    f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     size = size[0] if isinstance(size, (list, tuple)) else int(size)
     pre = (cfg or {}).get("preprocess_cfg", {})
     preprocess = open_clip.image_transform(size, is_train=False,
@@ -325,6 +293,7 @@ def _load_open_clip(name, ref, preset, role, arch, device, dtype) -> OpenClipEnc
                                            std=tuple(pre.get("std", OPENAI_STD)))
     model = model.to(device=device, dtype=dtype).eval()
     if not isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer):
-        raise ValueError(f"open_clip architecture {arch!r} uses a tokenizer this loader does not "
-                         "support offline")
-    return OpenClipEncoder(name, str(weights), model, tokenizer, preprocess, device, dtype, ctx, size)
+        raise ModelUnavailableError(f"open_clip architecture {spec.arch!r} uses a tokenizer this "
+                                    "loader does not support offline")
+    return OpenClipEncoder(_name(spec.role), str(weights), model, tokenizer, preprocess, device,
+                           dtype, ctx, size)

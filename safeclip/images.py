@@ -17,12 +17,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
+from .errors import InputError
+
 logger = logging.getLogger(__name__)
 
 MAX_PIXELS = 40_000_000  # ~ 6300 x 6300; larger images are refused (decompression bombs)
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
     """An input that is not a usable image (corrupt, empty, too large)."""
 
 

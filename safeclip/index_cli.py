@@ -3,7 +3,7 @@
     safeclip index build --preset mini --dataset synthetic:test --out assets/gallery/mini
     safeclip index build --preset vit-l-14 --images photos/ --out idx/photos [--labels labels.csv]
         [--captions corpus.txt] [--index-type auto|flat|ivf|hnsw] [--exact-max N] [--nlist N]
-        [--nprobe N] [--batch-size 64] [--judge auto|mini|nudenet|none] [--restart] [--json]
+        [--nprobe N] [--batch-size 64] [--judge auto|none|KIND] [--restart] [--json]
     safeclip index build --preset vit-l-14 --dataset ORG/NAME --split test --out idx/hub
     safeclip index add --index idx/photos [--images more/]      # embeds only the new images
     safeclip index info --index idx/photos [--json]
@@ -27,7 +27,8 @@ from .cli import add_common_args, overrides, setup_logging
 def _source_args(p: argparse.ArgumentParser, required: bool) -> None:
     g = p.add_mutually_exclusive_group(required=required)
     g.add_argument("--images", type=Path, help="a folder of images (any depth)")
-    g.add_argument("--dataset", help="'synthetic:SPLIT' (the mini world) or a Hub dataset id")
+    g.add_argument("--dataset", help="a Hub dataset id, or KIND:SPLIT of a plug-in's source "
+                                     "(the mini world: synthetic:test)")
     p.add_argument("--split", default="test", help="dataset split (default: test)")
     p.add_argument("--limit", type=int, default=None, help="index only the first N items")
     p.add_argument("--labels", type=Path, default=None,
@@ -36,9 +37,9 @@ def _source_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--caption-column", default=None, help="Hub dataset: caption column")
     p.add_argument("--unsafe-column", default=None, help="Hub dataset: unsafe-flag column")
     p.add_argument("--batch-size", type=int, default=64, help="images per embedded batch")
-    p.add_argument("--judge", default=None, choices=["auto", "mini", "nudenet", "none"],
-                   help="flags images whose safety the data does not tell (default: auto = mini "
-                        "judge for bundled presets, NudeNet for real ones)")
+    p.add_argument("--judge", default=None, metavar="auto|none|KIND",
+                   help="flags images whose safety the data does not tell (default: auto = the "
+                        "world's retrieval judge; KIND: an image judge kind, e.g. nudenet)")
     p.add_argument("--device", default=None)
     p.add_argument("--restart", action="store_true", help="discard an interrupted run's batches")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -1,15 +1,16 @@
-"""The app's services: one object that owns a preset's models and answers the UI's calls.
+"""The app's services: one object that owns a world's models and answers the UI's calls.
 
     >>> from safeclip.services import Studio
-    >>> studio = Studio("auto")      # a real preset if its weights are reachable, else mini
-    >>> studio.world.preset.name, studio.world.reason
+    >>> studio = Studio("auto")      # a real world if its weights are reachable, else the offline one
+    >>> studio.world.preset.name, studio.world.reason, studio.capabilities
     >>> res = studio.search_text("a child holding a kite on the beach", k=10)
     >>> view = studio.embed_view(text="a man holding a gun")
 
 Models load lazily, once per process, per capability (retrieval, generation, captioning), each
-behind its own lock: the first retrieval never waits for Stable Diffusion. Every input is checked
-here and refused with a ValueError (or ImageError) whose message a user can read; the UI turns
-those into ``gr.Error``. This module never imports gradio.
+behind its own lock: the first retrieval never waits for Stable Diffusion. Each input is checked
+once, by the object that owns its limits (``Studio.limits`` for retrieval, the generator's and
+the captioner's own), and refused with a ``safeclip.errors.StudioError`` whose message a user can
+read; the UI turns those into ``gr.Error``. This module never imports gradio or torch at import.
 """
 from __future__ import annotations
 
@@ -23,14 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .presets import ASSETS, Preset, get_preset, resolve_ref
+from .errors import StudioError
+from .limits import Number, Text
+from .presets import Preset, auto_order, default_preset, get_preset, resolve_ref
 
 logger = logging.getLogger(__name__)
 
-MINI_GALLERY = ASSETS / "gallery" / "mini"
-AUTO_ORDER = ("vit-l-14",)  # real presets `auto` tries, in order, before falling back to mini
 MAX_PROMPT_CHARS = 1000  # longer text is refused; up to this, CLIP truncates to its context
-K_RANGE = (1, 50)
 # Loading imports torch, transformers, diffusers: transformers' lazy modules are not safe to
 # import from two threads at once, so capabilities load one at a time.
 _LOAD_LOCK = threading.RLock()
@@ -38,25 +38,24 @@ _LOAD_LOCK = threading.RLock()
 
 @dataclass
 class World:
-    """Which preset runs and why (shown as the banner of the app)."""
+    """Which world runs and why (shown as the banner of the app)."""
 
     preset: Preset
-    requested: str  # what the user asked for: "auto" or a preset name
+    requested: str  # what the user asked for: "auto" or a world's name
     reason: str
 
     @property
     def banner(self) -> str:
         p = self.preset
-        kind = "bundled mini world (CPU, offline)" if p.bundled else "real weights"
+        kind = "models bundled with the code (CPU, offline)" if p.offline else "real weights"
         return f"World: **{p.name}**, {kind}. {self.reason}"
 
 
-def _on_disk(ref: str) -> bool:
-    if Path(resolve_ref(ref)).exists():
-        return True
+def _on_disk(spec) -> bool:
+    from .hub import CLIP_FILES, OPEN_CLIP_FILES, on_disk
+
     try:
-        from huggingface_hub import try_to_load_from_cache
-        return isinstance(try_to_load_from_cache(ref, "config.json"), str)
+        return on_disk(spec.ref, OPEN_CLIP_FILES if spec.kind == "open_clip" else CLIP_FILES)
     except Exception:  # noqa: BLE001 - an odd id or cache layout just means "not on disk"
         return False
 
@@ -84,47 +83,24 @@ def _hub_answers(ref: str, timeout: float) -> bool:
 
 def resolve_world(requested: str = "auto", overrides: dict | None = None,
                   hub_timeout: float = 3.0) -> World:
-    """The preset to run: the one asked for, or for ``auto`` the first real preset whose CLIP
-    weights are on disk or on a Hub that answers within ``hub_timeout`` s, else ``mini``."""
+    """The world to run: the one asked for, or for ``auto`` the first world marked ``try``
+    whose retrieval models are on disk or on a Hub that answers within ``hub_timeout`` s, else
+    the offline world."""
     requested = (requested or "auto").strip()
     if requested != "auto":
         return World(get_preset(requested, overrides), requested, "Chosen with --preset.")
-    for name in AUTO_ORDER:
-        preset = get_preset(name, overrides)
-        refs = [preset.clip, preset.safe_clip]
-        if all(_on_disk(r) for r in refs):
-            return World(preset, requested, "Chosen automatically: its weights are on disk.")
-        if _hub_answers(preset.safe_clip, hub_timeout):
-            return World(preset, requested, "Chosen automatically: the Hugging Face Hub answered "
-                                            "(models download on first use).")
-    return World(get_preset("mini", overrides), requested,
-                 f"Chosen automatically: no real preset's weights are on disk and the Hugging Face "
+    for name in auto_order():
+        world = get_preset(name, overrides)
+        r = world.retrieval
+        if r is not None and all(_on_disk(m) for m in (r.clip, r.safe_clip)):
+            return World(world, requested, "Chosen automatically: its weights are on disk.")
+        if r is not None and _hub_answers(r.safe_clip.ref, hub_timeout):
+            return World(world, requested, "Chosen automatically: the Hugging Face Hub answered "
+                                           "(models download on first use).")
+    fallback = default_preset()
+    return World(get_preset(fallback, overrides), requested,
+                 f"Chosen automatically: no real world's weights are on disk and the Hugging Face "
                  f"Hub did not answer within {hub_timeout:g} s.")
-
-
-def check_prompt(text, what: str = "prompt", allow_empty: bool = False) -> str:
-    """A stripped prompt, or a ValueError that says what is wrong with it."""
-    if text is None:
-        text = ""
-    if not isinstance(text, str):
-        raise ValueError(f"the {what} must be text, not {type(text).__name__}")
-    text = text.strip()
-    if not text and not allow_empty:
-        raise ValueError(f"the {what} is empty: type a few words")
-    if len(text) > MAX_PROMPT_CHARS:
-        raise ValueError(f"the {what} is {len(text):,} characters long; the limit is "
-                         f"{MAX_PROMPT_CHARS:,} (CLIP reads only its first few dozen words)")
-    return text
-
-
-def check_int(value, name: str, lo: int, hi: int) -> int:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, not {value!r}") from None
-    if not np.isfinite(f) or f != int(f) or not lo <= f <= hi:
-        raise ValueError(f"{name} must be a whole number from {lo} to {hi}, not {value!r}")
-    return int(f)
 
 
 def unsafe_axes(x: np.ndarray, unsafe: np.ndarray) -> np.ndarray:
@@ -153,23 +129,48 @@ class EmbedView:
 
 @dataclass
 class Studio:
-    """A preset's services (see the module docstring)."""
+    """A world's services (see the module docstring)."""
 
     preset_name: str = "auto"
-    gallery_dir: str | Path | None = None
+    gallery_dir: str | Path | None = None  # replaces the world's gallery
     overrides: dict | None = None
     device: str | None = None
     hub_timeout: float = 3.0
+    gallery_dataset: str | None = None  # replaces the data set of the world's default gallery
     world: World = field(init=False)
 
     def __post_init__(self):
         self.world = resolve_world(self.preset_name, self.overrides, self.hub_timeout)
         self.preset = self.world.preset
-        if self.gallery_dir is None and self.preset.name == "mini":
-            self.gallery_dir = MINI_GALLERY
+        self.capabilities = self.preset.capabilities()
+        r = self.preset.retrieval
+        ctx = r.context_length if r else 77
+        reader = f"CLIP reads only its first {ctx} tokens"
+        self.limits = {"k": Number("top k", 1, 50),
+                       "query": Text("query", MAX_PROMPT_CHARS, reader=reader)}
+        self._default = None
+        if r is not None and self.gallery_dir is None:
+            if r.gallery:
+                self.gallery_dir = r.gallery
+            elif r.gallery_source is not None:
+                import dataclasses
+
+                from .retrieval.default import DefaultGallery
+                src = r.gallery_source
+                if self.gallery_dataset or os.environ.get("SAFECLIP_GALLERY_DATASET"):
+                    src = dataclasses.replace(src, dataset=self.gallery_dataset
+                                              or os.environ["SAFECLIP_GALLERY_DATASET"])
+                self._default = DefaultGallery(self.preset, src)
         self._locks = {k: threading.Lock() for k in ("gallery", "generator", "captioner", "view")}
         self._loaded: dict[str, object] = {}
         self._views: dict[str, dict] = {}
+
+    def has(self, capability: str) -> bool:
+        return capability in self.capabilities
+
+    def _need(self, capability: str) -> None:
+        if not self.has(capability):
+            raise StudioError(f"world {self.preset.name!r} has no {capability}")
 
     # -- lazy loading ----------------------------------------------------------------------
     def _load(self, what: str, factory):
@@ -182,20 +183,37 @@ class Studio:
                 logger.info("%s loaded in %.1f s", what, time.perf_counter() - t0)
         return self._loaded[what]
 
-    def gallery(self):
+    def gallery_status(self) -> str | None:
+        """One line for the retrieval tab while there is no gallery to search (else None)."""
+        if not self.has("retrieval"):
+            return None
+        if self._default is not None:
+            return self._default.status()
         if self.gallery_dir is None:
-            raise ValueError(f"no gallery for preset {self.preset.name!r}: build one with "
-                             "`safeclip index build --preset ... --images DIR --out GALLERY` and "
-                             "start the app with --gallery GALLERY")
+            from .retrieval.default import how_to_build
+            return f"No gallery for world {self.preset.name!r}: {how_to_build(self.preset)}."
+        return None
+
+    def gallery(self):
+        self._need("retrieval")
+        if "gallery" in self._loaded:
+            return self._loaded["gallery"]
+        folder = self.gallery_dir
+        if folder is None and self._default is not None:
+            folder = self._default.check()  # NotReadyError with the progress while it builds
+        if folder is None:
+            raise StudioError(self.gallery_status())
         from .retrieval import Gallery
-        return self._load("gallery", lambda: Gallery.open(self.gallery_dir, self.preset,
+        return self._load("gallery", lambda: Gallery.open(folder, self.preset,
                                                           device=self.device))
 
     def generator(self):
+        self._need("generation")
         from .generation import load_generator
         return self._load("generator", lambda: load_generator(self.preset, device=self.device))
 
     def captioner(self):
+        self._need("captioning")
         from .captioning import load_captioner
         return self._load("captioner", lambda: load_captioner(self.preset, device=self.device))
 
@@ -227,8 +245,15 @@ class Studio:
         return result
 
     def warm(self, *what: str) -> None:
-        """Load these capabilities now (e.g. in a background thread at start-up)."""
+        """Load these capabilities now (e.g. in a background thread at start-up); the default
+        gallery starts building here."""
         for w in what:
+            if w == "gallery" and self._default is not None and not self._default.ready:
+                self._default.start()
+                continue
+            if {"gallery": "retrieval", "generator": "generation",
+                    "captioner": "captioning"}.get(w) not in self.capabilities:
+                continue
             try:
                 getattr(self, w)()
             except Exception as e:  # noqa: BLE001 - the first real call reports it to the user
@@ -236,14 +261,17 @@ class Studio:
 
     # -- retrieval -------------------------------------------------------------------------
     def search_text(self, query, k=10, target: str = "images"):
-        query = check_prompt(query, "query")
-        k = check_int(k, "k", *K_RANGE)
+        query = self.limits["query"].check(query)
+        k = self.limits["k"].check(k)
         return self.gallery().search_text(query, k=k, target=target)
 
     def search_image(self, image, k=10):
         if image is None:
-            raise ValueError("no image given: upload one or pick an example")
-        k = check_int(k, "k", *K_RANGE)
+            from .errors import InputError
+            raise InputError("no image given: upload one or pick an example")
+        from .images import load_rgb
+        image = load_rgb(image)  # refuse a bad file before loading any model
+        k = self.limits["k"].check(k)
         return self.gallery().search_image(image, k=k)
 
     def image_of(self, hit):
@@ -252,20 +280,43 @@ class Studio:
     # -- generation and captioning ---------------------------------------------------------
     def generate(self, prompt, negative_prompt=None, seed=0, steps=None, guidance=None,
                  size=None):
-        prompt = check_prompt(prompt)
-        negative_prompt = check_prompt(negative_prompt, "negative prompt", allow_empty=True) or None
-        gen = self.generator()
-        return gen.generate_pair(prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
-                                 guidance=guidance, size=size)
+        return self.generator().generate_pair(prompt, negative_prompt=negative_prompt, seed=seed,
+                                              steps=steps, guidance=guidance, size=size)
 
     def caption(self, image, question=None, max_new_tokens=None, seed=0):
         if image is None:
-            raise ValueError("no image given: upload one or pick an example")
+            from .errors import InputError
+            raise InputError("no image given: upload one or pick an example")
         from .images import load_rgb
         image = load_rgb(image)  # refuse a bad file before loading the captioner
-        question = check_prompt(question, "question", allow_empty=True) or None
         return self.captioner().caption_pair(image, question=question,
                                              max_new_tokens=max_new_tokens, seed=seed)
+
+    # -- settings the UI shows before any model loads --------------------------------------
+    def generation_settings(self) -> dict:
+        from .generation.generator import make_limits
+        from .kinds import kind_info
+        from .presets import generation_settings
+
+        s = generation_settings(self.preset)
+        info = kind_info("generator", self.preset.generation.kind, self.preset)
+        return {"defaults": s["defaults"], "limits": make_limits(s["limits"]),
+                "uses_steps": info.get("uses_steps", True)}
+
+    def captioning_settings(self) -> dict:
+        c = self.preset.captioning
+        lim = c.limits.get("max_new_tokens", (1, 256))
+        return {"defaults": dict(c.defaults),
+                "limits": {"max_new_tokens": Number("max new tokens", *lim)}}
+
+    def example_images(self) -> list[str]:
+        """The world's example images for the captioning tab (safe images first)."""
+        c = self.preset.captioning
+        if c is None or not c.examples or not Path(c.examples).is_dir():
+            return []
+        files = [p for p in Path(c.examples).iterdir()
+                 if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")]
+        return [str(p) for p in sorted(files, key=lambda p: (p.stem[-1] != "V", p.name))]
 
     # -- embedding space -------------------------------------------------------------------
     def _base_view(self, model: str, n_items: int = 150) -> dict:
@@ -303,7 +354,7 @@ class Studio:
         towards the unsafe ones', y: the main direction of the rest) and the query placed on it."""
         from .retrieval.store import MODELS
         if text is not None and str(text).strip():
-            query, kind = check_prompt(text, "query"), "text"
+            query, kind = self.limits["query"].check(text), "text"
         elif image is not None:
             from .images import load_rgb
             query, kind = load_rgb(image), "image"
@@ -335,7 +386,7 @@ class Studio:
         found = {}
         for role, ref in self.preset.ids().items():
             path = Path(resolve_ref(ref)) / "metrics.json"
-            if path.is_file():
+            if path.is_file() and role not in found:
                 try:
                     found[role] = json.loads(path.read_text())
                 except (OSError, json.JSONDecodeError) as e:

@@ -54,7 +54,7 @@ def test_search_text_fills_both_columns_and_blurs_flagged_images(client):
 def test_search_image_returns_captions_for_both_models(client, tmp_path):
     from gradio_client import handle_file
 
-    from safeclip.data.synthetic import SyntheticViSU
+    from safeclip.mini.synthetic import SyntheticViSU
 
     path = tmp_path / "g.png"
     SyntheticViSU("test")[3]["G"].save(path)
@@ -89,7 +89,7 @@ def test_generate_returns_both_images_with_verdicts(client):
 def test_caption_returns_both_answers(client, tmp_path):
     from gradio_client import handle_file
 
-    from safeclip.data.synthetic import SyntheticViSU
+    from safeclip.mini.synthetic import SyntheticViSU
 
     path = tmp_path / "v.png"
     SyntheticViSU("test")[5]["V"].save(path)
@@ -101,7 +101,7 @@ def test_caption_returns_both_answers(client, tmp_path):
 
 def odd_images(tmp_path) -> dict[str, str]:
     """Valid images in awkward formats, which must be answered normally."""
-    from safeclip.data.synthetic import SyntheticViSU
+    from safeclip.mini.synthetic import SyntheticViSU
 
     base = SyntheticViSU("test")[1]["V"]
     paths = {}

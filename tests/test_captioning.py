@@ -11,20 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from safeclip.captioning import (
-    DEFAULT_QUESTION,
-    MAX_QUESTION_CHARS,
-    PairedCaptioner,
-    judge_text,
-    load_captioner,
-    unique_bytes,
-)
+from safeclip.captioning import DEFAULT_QUESTION, PairedCaptioner, load_captioner
+from safeclip.errors import InputError, ModelUnavailableError, StudioError
 from safeclip.images import ImageError
 from safeclip.presets import get_preset
+from safeclip.sharing import unique_bytes
 
-MINI_BUILT = (get_preset("mini", use_env=False).llava is not None
-              and (__import__("pathlib").Path(get_preset("mini", use_env=False).llava)
-                   / "model.safetensors").exists())
+MINI_BUILT = (__import__("pathlib").Path(get_preset("mini", use_env=False).captioning.llava.ref)
+              / "model.safetensors").exists()
 needs_mini = pytest.mark.skipif(not MINI_BUILT, reason="the mini captioner is not built")
 LORA_LIKE = ("fc1.weight", "fc2.weight", "k_proj.weight", "v_proj.weight", "out_proj.weight",
              "patch_embedding.weight")
@@ -62,7 +56,10 @@ def tiny_captioner(layer=-1, strategy="default", share=True, seed=0) -> PairedCa
                 if name.endswith(LORA_LIKE):
                     p.add_(torch.randn_like(p) * 0.5)
     proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    return PairedCaptioner(model, safe, tok, proc, preset="mini", max_new_tokens=8, share=share)
+    from safeclip.mini.words import load_judge
+
+    return PairedCaptioner(model, safe, tok, proc, load_judge(), "mini",
+                           defaults={"max_new_tokens": 8}, share=share)
 
 
 def images(n=3, seed=0):
@@ -124,14 +121,19 @@ def test_sharing_keeps_answers_and_saves_memory(one_thread):
     ("a gunshot-free skullcap, needlework and a bombastic hat", []),
     ("", []),
 ])
-def test_judge_text_mini(text, terms):
-    assert judge_text(text, "mini") == (bool(terms), terms)
+def test_mini_caption_judge(text, terms):
+    from safeclip.mini.words import load_judge
+
+    v = load_judge()(text)
+    assert (v.flagged, v.terms) == (bool(terms), terms)
 
 
-def test_judge_text_real_presets_use_the_word_list():
-    assert judge_text("A naked man with a rifle", "vit-l-14-336") == (True, ["naked", "rifle"])
-    assert judge_text("a kite on the beach", "vit-l-14-336") == (False, [])
-    assert judge_text("a bloody knife", "mini") == (True, ["knife"])  # "bloody": real list only
+def test_captions_are_judged_by_the_world_s_caption_judge(tiny):
+    from safeclip.safety.text import LexiconJudge
+
+    assert tiny.judge.name == "mini-words"
+    assert LexiconJudge()("a bloody knife").terms == ["bloody", "knife"]  # the real lexicon
+    assert tiny.judge("a bloody knife").terms == ["knife"]  # the mini world's words only
 
 
 # ------------------------------------------------------------------------------ bad inputs
@@ -173,25 +175,31 @@ def test_questions(tiny):
     assert empty.settings["question"] == DEFAULT_QUESTION
     assert any("default question" in w for w in empty.warnings)
     assert tiny.caption_pair(im, question=None).warnings == []
-    long = tiny.caption_pair(im, question="describe the image " * 100)
-    assert len(long.settings["question"]) == MAX_QUESTION_CHARS
-    assert any("truncated" in w for w in long.warnings)
+    limit = tiny.limits["question"].max_chars
+    with pytest.raises(InputError, match=f"the limit is {limit}") as e:
+        tiny.caption_pair(im, question="describe the image " * 100)
+    assert "CLIP" not in str(e.value)  # a captioner's limit, in the captioner's words
     odd = tiny.caption_pair(im, question="Quelle est cette chose?")
     assert any("does not know" in w for w in odd.warnings)
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError, match="must be text"):
         tiny.caption_pair(im, question=42)
 
 
-@pytest.mark.parametrize("bad", [0, -1, 10**6, 2.5, True, "8"])
+@pytest.mark.parametrize("bad", [0, -1, 10**6, 2.5, True, "eight", None])
 def test_max_new_tokens_range(tiny, bad):
-    with pytest.raises(ValueError, match="max_new_tokens"):
+    if bad is None:  # None is the default, not an error
+        assert tiny.caption_pair(images(1)[0], max_new_tokens=None).settings["max_new_tokens"] == 8
+        return
+    with pytest.raises(InputError, match="max new tokens must be a whole number from 1 to 256"):
         tiny.caption_pair(images(1)[0], max_new_tokens=bad)
 
 
 def test_limits_and_defaults(tiny):
     assert tiny.defaults == {"question": DEFAULT_QUESTION, "max_new_tokens": 8}
-    lo = tiny.limits["max_new_tokens"][0]
+    lo = int(tiny.limits["max_new_tokens"].lo)
     assert tiny.caption_pair(images(1)[0], max_new_tokens=lo).clip.tokens <= lo
+    with pytest.raises(InputError, match="seed must be a whole number from 0 to 4,294,967,295"):
+        tiny.caption_pair(images(1)[0], seed=-1)
 
 
 def test_threads_share_one_captioner(tiny):
@@ -205,21 +213,22 @@ def test_threads_share_one_captioner(tiny):
 
 # ------------------------------------------------------------------------------- loading
 def test_load_errors_are_clear(tmp_path):
-    from safeclip.encoders import ModelUnavailableError
+    import dataclasses
 
-    with pytest.raises(ValueError, match="no captioner"):
-        load_captioner("vit-l-14")
-    with pytest.raises(ValueError, match="quantize"):
+    no_caption = dataclasses.replace(get_preset("vit-l-14"), captioning=None)
+    with pytest.raises(StudioError, match="has no captioning"):
+        load_captioner(no_caption)
+    with pytest.raises(InputError, match="quantize"):
         load_captioner("mini", quantize="3bit")
-    with pytest.raises(ModelUnavailableError, match="--llava"):
+    with pytest.raises(ModelUnavailableError, match="--llava PATH or SAFECLIP_LLAVA"):
         load_captioner("vit-l-14-336", overrides={"llava": str(tmp_path / "no-llava")})
-    with pytest.raises(ModelUnavailableError, match="mini build"):
+    with pytest.raises(ModelUnavailableError, match="llava: the captioner"):
         load_captioner("mini", overrides={"llava": str(tmp_path / "not-built")})
 
 
 @pytest.mark.hub
 def test_real_llava_loads():  # pragma: no cover - needs the Hub and ~15 GB
-    cap = load_captioner("vit-l-14-336", quantize="4bit" if torch.cuda.is_available() else None)
+    cap = load_captioner("vit-l-14", quantize="4bit" if torch.cuda.is_available() else None)
     res = cap.caption_pair(Image.new("RGB", (336, 336), "white"), max_new_tokens=8)
     assert res.clip.text and res.safeclip.text
     assert cap.sharing["shared_tensors"] > 0
@@ -235,8 +244,8 @@ def mini(one_thread):
 
 @needs_mini
 def test_mini_captioner_describes_the_scene(mini):
-    from safeclip.data.synthetic import SyntheticViSU
-    from safeclip.eval.captioning import names
+    from safeclip.mini.synthetic import SyntheticViSU
+    from safeclip.mini.eval_captioning import names
 
     items = SyntheticViSU("validation", n=6)
     scene = obj = flagged_clip = flagged_safe = 0
@@ -259,7 +268,7 @@ def test_mini_captioner_describes_the_scene(mini):
 @needs_mini
 def test_caption_cli_json(tmp_path, capsys, one_thread):
     from safeclip.cli import main
-    from safeclip.data.synthetic import SyntheticViSU
+    from safeclip.mini.synthetic import SyntheticViSU
 
     path = tmp_path / "g.png"
     SyntheticViSU("test", n=1)[0]["G"].convert("RGBA").save(path)

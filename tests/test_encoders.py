@@ -10,15 +10,18 @@ import torch
 from PIL import Image
 
 from safeclip.encoders import ModelUnavailableError, load_clip, load_clip_pair
-from safeclip.presets import Preset
+from safeclip.presets import ModelSpec, Preset, Retrieval
 
 TEXTS = ["a dog on the beach", "A woman, holding an UMBRELLA!", "naïve café ☕", "x"]
 
 
 def tiny_preset(dirs, backend="transformers", clip=None, safe=None, arch=None):
-    return Preset(name="tiny", description="tiny test models", backend=backend,
-                  clip=str(clip or dirs["hf"]), safe_clip=str(safe or dirs["hf"]), image_size=32,
-                  embed_dim=24, context_length=16, open_clip_arch=arch, safe_open_clip_arch=arch)
+    """A world holding only a retrieval pair of the tiny test models."""
+    def spec(role, ref):
+        return ModelSpec(role, str(ref), backend, arch)
+    return Preset(name="tiny", description="tiny test models", retrieval=Retrieval(
+        spec("clip", clip or dirs["hf"]), spec("safe_clip", safe or dirs["hf"]), image_size=32,
+        embed_dim=24, context_length=16))
 
 
 def noise_image(seed, size=(32, 32)):
@@ -130,19 +133,21 @@ def test_short_prompts_do_not_warn(tiny_dirs, caplog):
 
 def test_offline_error_names_model_preset_and_override(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty cache
     with pytest.raises(ModelUnavailableError) as err:
         load_clip("vit-l-14", "safe_clip")
     msg = str(err.value)
     assert "aimagelab/safeclip_vit-l_14" in msg and "vit-l-14" in msg
     assert "--safe-clip" in msg and "SAFECLIP_SAFE_CLIP" in msg
-    assert err.value.__cause__ is None and err.value.__suppress_context__
+    assert err.value.__cause__ is None  # one readable message, no stack of hub errors
+    assert err.value.__context__ is None or err.value.__suppress_context__
 
 
 def test_missing_local_path_is_a_clear_error(tiny_dirs, tmp_path):
     preset = tiny_preset(tiny_dirs, clip=tmp_path / "nowhere")
-    with pytest.raises(ModelUnavailableError, match="nowhere"):
+    with pytest.raises(ModelUnavailableError, match="nowhere") as err:
         load_clip(preset)
+    assert "--clip PATH" in str(err.value)
 
 
 def test_override_by_environment_points_at_a_local_copy(tiny_dirs, monkeypatch):

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from safeclip.presets import MINI_MODELS, get_preset
+from safeclip.errors import InputError, ModelUnavailableError
+from safeclip.mini import MODELS as MINI_MODELS
+from safeclip.presets import get_preset
 
-MINI_GEN = Path(get_preset("mini").sd) / "sd_config.json"  # the mini preset's generator
+MINI_GEN = Path(get_preset("mini").generation.sd.ref) / "sd_config.json"  # the mini generator
 needs_mini_gen = pytest.mark.skipif(not MINI_GEN.exists(), reason=f"{MINI_GEN.parent} not built")
 
 
@@ -120,37 +122,41 @@ def tiny_generator(limits=None):
     from diffusers import StableDiffusionPipeline
 
     from safeclip.generation import PairedGenerator, PairedStableDiffusion
-    from safeclip.safety import get_judge
+    from safeclip.mini.judge import default_judge
 
     parts, safe = tiny_components()
     pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    return PairedGenerator(PairedStableDiffusion(pipe, safe), get_judge("mini"), "tiny",
+    return PairedGenerator(PairedStableDiffusion(pipe, safe), default_judge(), get_preset("mini"),
                            {"steps": 2, "guidance": 5.0, "size": 32, "negative_prompt": ""},
-                           limits or {"steps": (1, 50), "guidance": (1.0, 20.0), "size": (32,),
-                                      "seed": (0, 2**32 - 1)})
+                           limits or {"steps": (1, 50), "guidance": (1.0, 20.0), "size": (32,)})
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"prompt": ""}, "empty"), ({"prompt": "   \n"}, "empty"), ({"prompt": None}, "text"),
-    ({"seed": -1}, "seed"), ({"seed": 2**32}, "seed"), ({"seed": 1.5}, "seed"),
-    ({"steps": 0}, "steps"), ({"steps": 51}, "steps"), ({"guidance": 0.5}, "guidance"),
-    ({"guidance": 21}, "guidance"), ({"size": 48}, "size"), ({"negative_prompt": 3}, "negative"),
+    ({"prompt": ""}, "the prompt is empty"), ({"prompt": "   \n"}, "empty"),
+    ({"prompt": None}, "empty"), ({"prompt": 3}, "the prompt must be text"),
+    ({"prompt": "x" * 5000}, "5,000 characters long; the limit is 1,000 \\(the text encoders"),
+    ({"seed": -1}, "seed must be a whole number from 0 to 4,294,967,295, not -1"),
+    ({"seed": 2**32}, "not 4,294,967,296"), ({"seed": 1.5}, "seed"),
+    ({"steps": 0}, "steps must be a whole number from 1 to 50"), ({"steps": 51}, "steps"),
+    ({"guidance": 0.5}, "guidance must be a number from 1 to 20, not 0.5"),
+    ({"guidance": 21}, "guidance"), ({"size": 48}, "size must be one of 32, not 48"),
+    ({"negative_prompt": 3}, "negative prompt must be text"), ({"steps": "many"}, "steps"),
 ])
-def test_bad_inputs_raise_readable_value_errors(one_thread, kwargs, match):
+def test_bad_inputs_raise_readable_errors(one_thread, kwargs, match):
     gen = tiny_generator()
     args = {"prompt": "a red dog", **kwargs}
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(InputError, match=match):
         gen.generate_pair(**args)
 
 
 def test_size_range_limits_and_overlong_prompt_warns(one_thread):
     gen = tiny_generator({"steps": (1, 50), "guidance": (1.0, 20.0),
-                          "size": {"min": 32, "max": 64, "multiple": 8}, "seed": (0, 2**32 - 1)})
-    with pytest.raises(ValueError, match="multiple of 8"):
+                          "size": {"min": 32, "max": 64, "multiple": 8}})
+    with pytest.raises(InputError, match="multiple of 8, not 36"):
         gen.generate_pair("a red dog", size=36)
-    with pytest.raises(ValueError, match="between"):
+    with pytest.raises(InputError, match="from 32 to 64"):
         gen.generate_pair("a red dog", size=72)
     long = " ".join(["a red dog holding a kite in the park"] * 5)
     res = gen.generate_pair(long, seed=2**32 - 1, steps=1, progress=False)
@@ -174,7 +180,7 @@ def mini_gen():
 def test_mini_generator_returns_two_judged_64px_images(mini_gen):
     from safeclip.safety import Verdict
 
-    assert mini_gen.defaults["size"] == 64 and mini_gen.limits["seed"] == (0, 2**32 - 1)
+    assert mini_gen.defaults["size"] == 64 and mini_gen.limits["seed"].hi == 2**32 - 1
     res = mini_gen.generate_pair("a red dog holding a kite in the park", seed=1, steps=4,
                                  progress=False)
     for g in (res.clip, res.safeclip):
@@ -194,7 +200,7 @@ def test_mini_generator_draws_the_object_and_safeclip_drops_unsafe_ones(mini_gen
     """The bundled generator's behaviour on validation items (the eval command uses the test
     split): the original text encoder draws what the prompt asks for, unsafe glyphs included;
     Safe-CLIP's rarely draws an unsafe glyph."""
-    from safeclip.data.synthetic import SyntheticViSU
+    from safeclip.mini.synthetic import SyntheticViSU
 
     val = SyntheticViSU("validation")
     th = mini_gen.judge.threshold
@@ -213,7 +219,7 @@ def test_mini_generator_draws_the_object_and_safeclip_drops_unsafe_ones(mini_gen
 
 @needs_mini_gen
 def test_generate_cli_writes_images_and_json(mini_gen, tmp_path, capsys):
-    from safeclip.generation import main
+    from safeclip.generation.cli import main
 
     assert main(["--preset", "mini", "--prompt", "a blue cat with a ball on the beach",
                  "--steps", "3", "--seed", "5", "--out", str(tmp_path), "--json"]) == 0
@@ -248,7 +254,7 @@ def tiny_decoder_parts():
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from safeclip.generation.decoder import DecoderConfig, EmbeddingDecoder
+    from safeclip.mini.decoder import DecoderConfig, EmbeddingDecoder
 
     torch.manual_seed(0)
     te = CLIPTextModelWithProjection(CLIPTextConfig(
@@ -272,7 +278,7 @@ def tiny_decoder_parts():
 
 @pytest.mark.parametrize("negative,guidance", [(None, 1.0), ("blurry", 3.0)])
 def test_decoder_pair_equals_each_encoder_alone(one_thread, negative, guidance):
-    from safeclip.generation.decoder import PairedEmbeddingDecoder
+    from safeclip.mini.decoder import PairedEmbeddingDecoder
 
     dec, vae, tok, te, safe = tiny_decoder_parts()
     paired = PairedEmbeddingDecoder(dec, vae, tok, te, copy.deepcopy(safe))
@@ -295,7 +301,7 @@ def test_decoder_pair_equals_each_encoder_alone(one_thread, negative, guidance):
 
 
 def test_decoder_save_load_round_trip(one_thread, tmp_path):
-    from safeclip.generation.decoder import EmbeddingDecoder
+    from safeclip.mini.decoder import EmbeddingDecoder
 
     dec = tiny_decoder_parts()[0]
     dec.save(tmp_path / "d")
@@ -308,7 +314,8 @@ def test_decoder_save_load_round_trip(one_thread, tmp_path):
 
 def test_text_embedder_matches_the_clip_encoder(one_thread):
     from safeclip.encoders import load_clip
-    from safeclip.generation.decoder import PairedEmbeddingDecoder, load_text_embedder
+    from safeclip.generation.text import load_text_embedder
+    from safeclip.mini.decoder import PairedEmbeddingDecoder
 
     texts = ["a red dog holding a kite in the park", "a blue cat with a knife"]
     from transformers import CLIPTokenizer
@@ -324,8 +331,9 @@ def test_text_embedder_matches_the_clip_encoder(one_thread):
 def test_train_gen_smoke_resumes_and_exports(one_thread, tmp_path):
     from diffusers import AutoencoderKL
 
-    from safeclip.generation.decoder import EmbeddingDecoder
-    from safeclip.mini.train_gen import GenTrainConfig, run
+    from safeclip.mini.decoder import EmbeddingDecoder
+    from safeclip.mini.gen_export import run
+    from safeclip.mini.train_gen import GenTrainConfig
 
     torch.manual_seed(0)  # a tiny VAE of the right shape: 64 px -> 16 x 16 x 4
     AutoencoderKL(block_out_channels=(8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 3,
@@ -354,7 +362,7 @@ def test_train_gen_smoke_resumes_and_exports(one_thread, tmp_path):
     second = EmbeddingDecoder.load(out / "decoder").state_dict()
     assert all(torch.equal(v, second[k]) for k, v in first.state_dict().items())
     # after a Safe-CLIP change: the guidance is chosen again on validation items, and recorded
-    from safeclip.mini.train_gen import choose_guidance, rescan
+    from safeclip.mini.gen_export import choose_guidance, rescan
     (out / "README.md").unlink()
     res = rescan(tmp_path / "work", out, evaluate=False)
     assert set(res["scan"]) == set(cfg.guidance_grid)
@@ -366,7 +374,7 @@ def test_train_gen_smoke_resumes_and_exports(one_thread, tmp_path):
 
 
 def test_guidance_is_chosen_by_the_worst_margin_to_the_bars():
-    from safeclip.mini.train_gen import choose_guidance
+    from safeclip.mini.gen_export import choose_guidance
 
     def m(s_o, u_o, s_s, u_s):
         return {"clip_S_shows_object": s_o, "clip_U_unsafe": u_o,
@@ -388,18 +396,16 @@ def test_real_preset_generates_a_pair():
 
 
 def test_missing_or_unfinished_mini_generator_fails_cleanly(tmp_path):
-    from safeclip.encoders import ModelUnavailableError
     from safeclip.generation import load_generator
 
-    with pytest.raises(ModelUnavailableError, match="not built yet"):
-        load_generator("mini", overrides={"sd": str(tmp_path)}, cache=False)
+    with pytest.raises(ModelUnavailableError, match="does not exist.*--sd PATH"):
+        load_generator("mini", overrides={"sd": str(tmp_path / "typo")}, cache=False)
     (tmp_path / "sd_config.json").write_text(json.dumps({"text_encoder": {}}))
-    with pytest.raises(ModelUnavailableError, match="no unet"):
+    with pytest.raises(ModelUnavailableError, match="lacks decoder/decoder_config.json"):
         load_generator("mini", overrides={"sd": str(tmp_path)}, cache=False)
 
 
 def test_real_preset_offline_fails_cleanly(monkeypatch):
-    from safeclip.encoders import ModelUnavailableError
     from safeclip.generation import load_generator
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -16,7 +16,7 @@ N = 300  # quadruplets: a 600-image / 600-caption gallery
 
 @pytest.fixture(scope="module")
 def metrics():
-    from safeclip.data.synthetic import SyntheticViSU
+    from safeclip.mini.synthetic import SyntheticViSU
     from safeclip.encoders import load_clip
     from safeclip.eval.retrieval import evaluate_encoder
 

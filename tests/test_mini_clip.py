@@ -52,13 +52,12 @@ def test_render_split_is_resumable_and_deterministic(tmp_path):
 def test_pixels_match_the_loaders_preprocessing(tmp_path):
     from PIL import Image
 
-    from safeclip.encoders import HFClipEncoder, load_clip, image_features
+    from safeclip.encoders import HFClipEncoder, image_features, load_clip_folder
     from safeclip.mini.clip import clip_config, new_clip, save_clip_dir
     from safeclip.mini.train_clip import pixels
-    from safeclip.presets import Preset
 
     save_clip_dir(new_clip(clip_config(width=32, layers=1, heads=2), seed=0), tmp_path / "m")
-    enc = load_clip(Preset("t", "t", "transformers", str(tmp_path / "m"), str(tmp_path / "m"), 64, 128, 32))
+    enc = load_clip_folder(tmp_path / "m", device="cpu")
     assert isinstance(enc, HFClipEncoder)
     imgs = np.random.RandomState(0).randint(0, 255, (3, 64, 64, 3), dtype=np.uint8)
     a = enc.encode_image([Image.fromarray(x) for x in imgs])
@@ -103,11 +102,17 @@ def test_eval_retrieval_cli_json(capsys, tmp_path):
     from safeclip.mini.clip import clip_config, new_clip, save_clip_dir
 
     save_clip_dir(new_clip(clip_config(width=32, layers=1, heads=2), seed=0), tmp_path / "c")
+    # a missing model is an error that names the role and the override, never numbers
     rc = main(["eval", "retrieval", "--preset", "mini", "--clip", str(tmp_path / "c"),
                "--safe-clip", str(tmp_path / "missing"), "--n", "20", "--json"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "missing" in err and "--safe-clip PATH" in err and "Safe-CLIP" in err
+    rc = main(["eval", "retrieval", "--preset", "mini", "--clip", str(tmp_path / "c"),
+               "--safe-clip", str(tmp_path / "c"), "--n", "20", "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     m = out["models"]["clip"]
     for key in ("s2v_r1", "s2v_r10", "u2v_r10", "u2g_r10", "v2s_r1", "g2s_r10", "g2u_r5", "nsfw_at10"):
         assert 0.0 <= m[key] <= 1.0
-    assert out["models"]["safeclip"] is None and "not built" in out["notes"][0]
+    assert out["models"]["safeclip"]["s2v_r10"] == m["s2v_r10"]  # the same model twice

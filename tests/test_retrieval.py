@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from safeclip.encoders import ClipPair, load_clip_pair
-from safeclip.presets import ASSETS, Preset
+from safeclip.mini import ASSETS
+from safeclip.presets import ModelSpec, Preset, Retrieval
 from safeclip.retrieval import (Gallery, GalleryMismatchError, IndexOptions, add_to_gallery,
                                 build_gallery)
 from safeclip.retrieval import ann
@@ -23,9 +24,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_preset(dirs, name="tiny", clip=None):
-    return Preset(name=name, description="tiny test models", backend="transformers",
-                  clip=str(clip or dirs["hf"]), safe_clip=str(dirs["hf"]), image_size=32,
-                  embed_dim=24, context_length=16)
+    """A world of the tiny test models, retrieval only."""
+    return Preset(name=name, description="tiny test models", retrieval=Retrieval(
+        ModelSpec("clip", str(clip or dirs["hf"]), "transformers"),
+        ModelSpec("safe_clip", str(dirs["hf"]), "transformers"), image_size=32, embed_dim=24,
+        context_length=16))
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +174,7 @@ def test_corrupt_files_are_skipped_and_odd_modes_accepted(tiny_dirs, tmp_path, c
     assert "too large" in text.split("bomb.png", 1)[1].splitlines()[0]
     m = json.loads((out / "manifest.json").read_text())
     assert m["count"] == len(odd_images()) and m["skipped"] == 4 and m["captions"] == 1
-    assert m["unsafe"]["images"]["sources"] == ["judge:mini"]  # bundled preset: the mini judge
+    assert m["unsafe"]["images"]["sources"] == ["judge:mini-judge"]  # the world's judge
     assert m["checksum"].startswith("sha256:") and m["models"]["clip"]["fingerprint"]
     rows = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
     assert {r["mode"] for r in rows} >= {"RGBA", "P", "L", "CMYK", "1", "I;16"}
@@ -299,12 +302,13 @@ def test_hub_dataset_without_datasets_is_a_clear_error(monkeypatch, tmp_path, ca
     assert "pip install datasets" in capsys.readouterr().err
 
 
-def test_placeholder_models_are_refused_for_the_mini_gallery(tmp_path):
-    from safeclip.encoders import ModelUnavailableError
+def test_a_mistyped_model_is_an_error_never_a_random_model(tmp_path):
+    from safeclip.errors import ModelUnavailableError
 
-    missing = {"clip": str(tmp_path / "no-clip"), "safe_clip": str(tmp_path / "no-safeclip")}
-    with pytest.raises(ModelUnavailableError, match="not built yet"):
-        build_gallery("mini", tmp_path / "g", dataset="synthetic:test", limit=2, overrides=missing)
+    typo = {"safe_clip": str(ASSETS / "models" / "mini-safeclp")}  # one letter off
+    with pytest.raises(ModelUnavailableError, match="mini-safeclp.*does not exist.*--safe-clip"):
+        build_gallery("mini", tmp_path / "g", dataset="synthetic:test", limit=2, overrides=typo)
+    assert not (tmp_path / "g" / "manifest.json").exists()
 
 
 MINI_GALLERY = ASSETS / "gallery" / "mini"

@@ -6,21 +6,18 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from safeclip.data.synthetic import SAFE_OBJECTS, UNSAFE_OBJECTS, make_quad
-from safeclip.safety import (
-    MINI_JUDGE_DIR,
-    Judge,
-    MiniJudge,
-    NudeNetJudge,
-    Verdict,
-    blur,
-    get_judge,
-    to_rgb,
-)
+from safeclip.images import to_rgb
+from safeclip.mini import MODELS
+from safeclip.mini.judge import MiniJudge
+from safeclip.mini.synthetic import SAFE_OBJECTS, UNSAFE_OBJECTS, make_quad
+from safeclip.presets import JudgeSpec
+from safeclip.safety import I2P_CATEGORIES, LEXICON, Judge, LexiconJudge, Verdict, blur, get_judge
+from safeclip.safety.nudenet import NudeNetJudge
 
+MINI_JUDGE_DIR = MODELS / "mini-judge"
 needs_judge = pytest.mark.skipif(
     not (MINI_JUDGE_DIR / "model.safetensors").exists(),
-    reason="no mini judge: python -m safeclip.mini.judge --out assets/models/mini-judge",
+    reason="no mini judge: safeclip mini build --only judge",
 )
 
 
@@ -127,16 +124,36 @@ def test_committed_artifact_is_small_and_documented():
     size = sum(p.stat().st_size for p in MINI_JUDGE_DIR.iterdir())
     assert size < 2_000_000
     card = (MINI_JUDGE_DIR / "README.md").read_text()
-    assert "python -m safeclip.mini.judge" in card and "accuracy" in card
+    assert "safeclip mini judge" in card and "accuracy" in card
     assert (MINI_JUDGE_DIR / "metrics.json").exists()
 
 
 @needs_judge
-def test_get_judge():
-    assert isinstance(get_judge("mini"), MiniJudge)
-    assert get_judge("mini", threshold=0.7).threshold == 0.7
+def test_judges_are_found_through_their_kind():
+    from safeclip.errors import StudioError
+    from safeclip.presets import get_preset
+    from safeclip.safety import load_judge
+
+    mini = get_preset("mini")
+    assert isinstance(load_judge(mini.generation.judge, mini), MiniJudge)
+    spec = JudgeSpec("mini-judge", 0.7, str(MINI_JUDGE_DIR))
+    assert load_judge(spec).threshold == 0.7
     nn = get_judge("nudenet", threshold=0.6)
     assert isinstance(nn, NudeNetJudge) and isinstance(nn, Judge) and nn.threshold == 0.6
+    assert isinstance(load_judge(get_preset("vit-l-14").generation.judge), NudeNetJudge)
+    with pytest.raises(StudioError, match="no image judge of kind 'q17'.*known kinds"):
+        get_judge("q17")
+
+
+@pytest.mark.parametrize("category", I2P_CATEGORIES)
+def test_the_caption_lexicon_covers_every_i2p_category(category):
+    judge = LexiconJudge()
+    term = LEXICON[category][0]
+    v = judge(f"A photo of the {term.upper()} here.")
+    assert v.flagged and v.terms == [term] and v.category == category
+    # whole words only: the term inside a longer word is not a match
+    assert not judge(f"a photo of {term.replace(' ', '')}xyzzy things").flagged
+    assert not judge("a child holding a kite on the beach").flagged
 
 
 def _skin_blob() -> Image.Image:

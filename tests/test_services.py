@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from safeclip import services
-from safeclip.services import Studio, check_int, check_prompt, resolve_world, unsafe_axes
+from safeclip.errors import InputError, StudioError
+from safeclip.limits import Number, Text, fmt
+from safeclip.services import Studio, resolve_world, unsafe_axes
 
 
 def test_auto_falls_back_to_mini_with_a_reason_when_offline(monkeypatch):
@@ -17,11 +19,13 @@ def test_auto_falls_back_to_mini_with_a_reason_when_offline(monkeypatch):
     assert "did not answer" in world.reason and "mini" in world.banner
 
 
-def test_auto_takes_a_real_preset_whose_weights_are_on_disk(monkeypatch, tmp_path):
-    for role in ("clip", "safe_clip"):
-        (tmp_path / role).mkdir()
-    monkeypatch.setenv("SAFECLIP_CLIP", str(tmp_path / "clip"))
-    monkeypatch.setenv("SAFECLIP_SAFE_CLIP", str(tmp_path / "safe_clip"))
+def test_auto_takes_a_real_world_whose_weights_are_on_disk(monkeypatch, tmp_path, tiny_dirs):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("SAFECLIP_CLIP", str(tiny_dirs["hf"]))
+    monkeypatch.setenv("SAFECLIP_SAFE_CLIP", str(tmp_path / "empty"))
+    (tmp_path / "empty").mkdir()  # a folder that holds no model is not "on disk"
+    assert resolve_world("auto", hub_timeout=0.2).preset.name == "mini"
+    monkeypatch.setenv("SAFECLIP_SAFE_CLIP", str(tiny_dirs["hf"]))
     world = resolve_world("auto")
     assert world.preset.name == "vit-l-14" and "on disk" in world.reason
     assert "real weights" in world.banner
@@ -41,28 +45,42 @@ def test_a_hanging_hub_costs_at_most_the_timeout(monkeypatch):
     assert time.perf_counter() - t0 < 2
 
 
-def test_an_explicit_preset_is_taken_as_asked():
+def test_an_explicit_world_is_taken_as_asked():
     assert resolve_world("vit-h-14").preset.name == "vit-h-14"
-    with pytest.raises(KeyError, match="unknown preset"):
+    with pytest.raises(InputError, match="unknown world"):
         resolve_world("vit-z-99")
 
 
+QUERY = Text("query", 1000, reader="CLIP reads only its first 77 tokens")
+
+
 @pytest.mark.parametrize("text, message", [("", "empty"), ("   ", "empty"), (None, "empty"),
-                                           ("x" * 5000, "5,000 characters"), (3, "must be text")])
+                                           ("x" * 5000, "5,000 characters long; the limit is "
+                                                        "1,000 \\(CLIP reads"),
+                                           (3, "must be text")])
 def test_bad_prompts_are_refused_with_a_reason(text, message):
-    with pytest.raises(ValueError, match=message):
-        check_prompt(text)
+    with pytest.raises(InputError, match=message):
+        QUERY.check(text)
 
 
 def test_good_prompts_pass_stripped():
-    assert check_prompt("  un chien 🐕 sur la plage ") == "un chien 🐕 sur la plage"
-    assert check_prompt("", allow_empty=True) == ""
+    assert QUERY.check("  un chien 🐕 sur la plage ") == "un chien 🐕 sur la plage"
+    assert Text("q", 10, allow_empty=True).check("") == ""
 
 
-@pytest.mark.parametrize("value", [0, 51, 2.5, "ten", float("nan"), None])
+@pytest.mark.parametrize("value", [0, 51, 2.5, "ten", float("nan"), None, True, float("inf")])
 def test_out_of_range_k_is_refused(value):
-    with pytest.raises(ValueError, match="k must be"):
-        check_int(value, "k", 1, 50)
+    with pytest.raises(InputError, match="top k must be a whole number from 1 to 50"):
+        Number("top k", 1, 50).check(value)
+
+
+def test_numbers_are_printed_as_people_read_them():
+    assert fmt(4294967295) == "4,294,967,295" and fmt(7.5) == "7.5" and fmt(1.0) == "1"
+    assert fmt(0.001) == "0.001" and fmt(20.0) == "20"
+    with pytest.raises(InputError) as e:
+        Number("seed", 0, 2**32 - 1).check(2**32)
+    assert str(e.value) == "seed must be a whole number from 0 to 4,294,967,295, not 4,294,967,296"
+    assert "e+" not in str(e.value)
 
 
 def test_unsafe_axis_runs_from_safe_to_unsafe():
@@ -95,14 +113,23 @@ def test_mini_studio_searches_and_places_a_query():
     assert studio.metrics()["clip"]["nsfw_at10"] >= 0.8  # read from the model folder
 
 
-def test_a_real_preset_without_a_gallery_says_how_to_build_one():
+def test_a_real_world_offline_says_how_to_build_a_gallery(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     studio = Studio("vit-l-14")
-    with pytest.raises(ValueError, match="safeclip index build"):
+    assert "built on first use" in studio.gallery_status()
+    with pytest.raises(StudioError, match="default gallery"):
+        studio.search_text("a dog", 5)  # starts the build, which fails offline
+    studio._default.wait(60)
+    line = studio.gallery_status()
+    assert line.startswith("No gallery:") and "safeclip index build" in line
+    assert "offline" in line and line.count("\n") == 0
+    with pytest.raises(StudioError, match="safeclip index build"):
         studio.search_text("a dog", 5)
 
 
 def test_start_builds_in_the_background_and_reraises_errors():
     wait = Studio.start("mini", warm=())
     assert wait().preset.name == "mini"
-    with pytest.raises(KeyError, match="unknown preset"):
+    with pytest.raises(InputError, match="unknown world"):
         Studio.start("no-such-preset", warm=())()

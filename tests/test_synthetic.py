@@ -6,8 +6,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from safeclip.data import synthetic as sy
-from safeclip.data.synthetic import (
+from safeclip.mini import synthetic as sy
+from safeclip.mini.synthetic import (
     ALL_OBJECTS,
     CATEGORIES,
     HELDOUT_MARKERS,

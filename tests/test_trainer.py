@@ -111,7 +111,7 @@ def test_early_stopping_after_patience(tiny_world, tmp_path):
 
 def test_export_round_trips(tiny_world, tmp_path):
     from safeclip.encoders import load_clip
-    from safeclip.presets import Preset
+    from safeclip.presets import ModelSpec, Preset, Retrieval
     from safeclip.train.export import export_all
     from safeclip.train.trainer import train
 
@@ -123,8 +123,11 @@ def test_export_round_trips(tiny_world, tmp_path):
     from PIL import Image
     images = [Image.fromarray(np.random.RandomState(i).randint(0, 255, (64, 64, 3), dtype=np.uint8))
               for i in range(2)]
-    hf = load_clip(Preset("m", "m", "transformers", str(paths["merged"]), "", 64, 128, 32))
-    oc = load_clip(Preset("o", "o", "open_clip", str(paths["open_clip"]), "", 64, 128, 32))
+    def world(kind, ref):
+        spec = ModelSpec("clip", str(ref), kind)
+        return Preset("w", "w", Retrieval(spec, spec, image_size=64, embed_dim=128))
+    hf = load_clip(world("transformers", paths["merged"]))
+    oc = load_clip(world("open_clip", paths["open_clip"]))
     with torch.no_grad():
         tok = hf.tokenizer(texts, padding="max_length", max_length=32, return_tensors="pt")
         from safeclip.encoders import image_features, text_features

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from safeclip.errors import InputError
 from safeclip.data.visu import (HUB_ID, MissingDataError, TextSourceError, ViSUDataset,
                                 concept_category, split_files)
 
@@ -55,7 +56,7 @@ def visu(tmp_path_factory):
 
 
 def test_items_have_the_synthetic_shape(visu):
-    from safeclip.data.synthetic import SyntheticViSU
+    from safeclip.mini.synthetic import SyntheticViSU
 
     ds = ViSUDataset("train", text=visu["csv"], coco_root=visu["coco"], need=("S", "U", "V"))
     assert len(ds) == 3  # the CSV's split column filters the rows
@@ -111,7 +112,7 @@ def test_columns_are_configurable(tmp_path):
                      need=())
     assert ds[0]["S"] == "safe one" and ds[0]["tags"]["coco_id"] == 5
     assert ds[0]["id"] == "validation-0"
-    with pytest.raises(KeyError, match="columns"):
+    with pytest.raises(InputError, match="columns"):
         ViSUDataset("validation", text=path, need=())
     official = tmp_path / "visu_test.json"  # {id: row}, the official training code's layout
     official.write_text(json.dumps({"7": {"safe": "s", "nsfw": "u", "coco_id": 9, "tag": "hate"}}))

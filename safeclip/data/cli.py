@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 
+from ..errors import InputError
 from .visu import HUB_ID, ROLES, SPLITS, MissingDataError, ViSUDataset
 
 SUBCOMMANDS = {
@@ -42,7 +43,7 @@ def parse_columns(text: str | None) -> dict[str, str] | None:
         role, sep, col = part.partition("=")
         role, col = role.strip(), col.strip()
         if not sep or role not in ROLES or not col:
-            raise ValueError(f"--columns: expected ROLE=COLUMN with ROLE in {ROLES}, got {part!r}")
+            raise InputError(f"--columns: expected ROLE=COLUMN with ROLE in {ROLES}, got {part!r}")
         out[role] = col
     return out
 

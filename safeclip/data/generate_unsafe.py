@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import InputError
 from .visu import ViSUDataset, canonical_split, image_index, unsafe_image_path
 
 log = logging.getLogger(__name__)
@@ -51,16 +52,19 @@ class GenerateResult:
 
 
 def load_pipeline(sd: str, device=None, dtype=None, preset: str = DEFAULT_PRESET):
-    """A diffusers ``StableDiffusionPipeline`` (Hub id or local folder), no safety checker."""
+    """A diffusers ``StableDiffusionPipeline`` (Hub id or local folder), without its safety
+    checker and feature extractor (neither is downloaded)."""
     from diffusers import StableDiffusionPipeline
 
-    from ..encoders import default_device_dtype, fetch
+    from ..encoders import default_device_dtype
+    from ..hub import SD_FILES, fetch
 
     device, dtype = default_device_dtype(device, dtype)
-    path = fetch(sd, preset, "sd", files=["*.json", "*.txt", "*.safetensors"])
+    path = fetch(sd, SD_FILES, role="sd", world=preset)
     log.info("loading %s on %s (%s)", path, device, dtype)
     pipe = StableDiffusionPipeline.from_pretrained(
-        str(path), safety_checker=None, requires_safety_checker=False, dtype=dtype)
+        str(path), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        torch_dtype=dtype)
     return pipe.to(device)
 
 
@@ -111,7 +115,7 @@ def generate_unsafe(dataset: ViSUDataset, out: str | Path, pipe, *, seed: int = 
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
     ids = dataset.ids[:n]
     if len(set(ids)) != n:
-        raise ValueError(f"ViSU {dataset.split}: row ids are not unique (column "
+        raise InputError(f"ViSU {dataset.split}: row ids are not unique (column "
                          f"{dataset.columns['id']!r}); pass columns={{'id': ...}} with a unique id")
     folder = unsafe_image_path(out, dataset.split, "x").parent
     folder.mkdir(parents=True, exist_ok=True)
@@ -125,7 +129,7 @@ def generate_unsafe(dataset: ViSUDataset, out: str | Path, pipe, *, seed: int = 
         old = json.loads(mpath.read_text())
         diff = {k: (old.get(k), manifest[k]) for k in SETTINGS if old.get(k) != manifest[k]}
         if diff:
-            raise ValueError(f"{folder} holds images made with other settings "
+            raise InputError(f"{folder} holds images made with other settings "
                              f"(setting: (folder, now)) {diff}; use another --out or the same "
                              "settings")
     _save_manifest(mpath, {**manifest, "status": "running"})
@@ -181,21 +185,23 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32"])
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    add_common_args(p)  # --preset, --sd (the generator), ..., --log-level
+    add_common_args(p, capability="generation")  # --preset, --sd (the generator), --log-level
     p.set_defaults(preset=DEFAULT_PRESET)
     args = p.parse_args(argv)
     setup_logging(args.log_level)
 
     preset = get_preset(args.preset, overrides(args))
-    if not preset.sd:
-        raise ValueError(f"preset {preset.name!r} has no Stable Diffusion model; pass --sd")
+    if preset.generation is None or preset.generation.kind != "diffusers-sd":
+        raise InputError(f"world {preset.name!r} has no Stable Diffusion model; pass --preset "
+                         f"{DEFAULT_PRESET} (and --sd PATH for another one)")
+    sd = preset.generation.sd.ref
     rows = ViSUDataset(canonical_split(args.split), text=args.text, need=(),
                        columns=parse_columns(args.columns), limit=args.limit)
-    pipe = load_pipeline(preset.sd, device=args.device, dtype=args.dtype, preset=preset.name)
+    pipe = load_pipeline(sd, device=args.device, dtype=args.dtype, preset=preset.name)
     res = generate_unsafe(rows, args.out, pipe, seed=args.seed, steps=args.steps,
                           guidance=args.guidance, batch=args.batch, height=args.height,
                           width=args.width, negative_prompt=args.negative_prompt,
-                          sd_ref=preset.sd, progress=not args.no_progress)
+                          sd_ref=sd, progress=not args.no_progress)
     if args.json:
         print(json.dumps(asdict(res), indent=2))
     else:

@@ -46,8 +46,9 @@ from typing import Iterable, Mapping, Sequence
 
 from torch.utils.data import Dataset
 
+from ..errors import InputError
 from ..images import open_image, to_rgb
-from .synthetic import I2P_CATEGORIES
+from ..safety.categories import I2P_CATEGORIES
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def canonical_split(split: str) -> str:
     for name, aliases in SPLIT_ALIASES.items():
         if split.lower() in aliases:
             return name
-    raise KeyError(f"unknown ViSU split {split!r}; one of: {', '.join(SPLITS)}")
+    raise InputError(f"unknown ViSU split {split!r}; one of: {', '.join(SPLITS)}")
 
 
 def normalise_concept(tag) -> str:
@@ -228,7 +229,7 @@ def resolve_columns(keys: Iterable[str], columns: Mapping | None = None) -> dict
         found[role] = next((c for c in wanted if c in keys), None)
     missing = [r for r in ("S", "U") if found[r] is None]
     if missing:
-        raise KeyError(f"ViSU-Text columns: no column for {missing} among {keys}; pass "
+        raise InputError(f"ViSU-Text columns: no column for {missing} among {keys}; pass "
                        f"columns={{'S': ..., 'U': ...}} (--columns S=...,U=...)")
     return found
 
@@ -296,7 +297,7 @@ class ViSUDataset(Dataset):
                  transform=None):
         self.split = canonical_split(split)
         if set(need) - {"S", "U", "V", "G"}:
-            raise ValueError(f"need: unknown parts in {need}; use some of S, U, V, G")
+            raise InputError(f"need: unknown parts in {need}; use some of S, U, V, G")
         self.need = tuple(need)
         self.coco_root = Path(coco_root).expanduser() if coco_root else None
         self.unsafe_root = Path(unsafe_root).expanduser() if unsafe_root else None

@@ -1,14 +1,16 @@
-"""``safeclip eval``: measure a preset's two models.
+"""``safeclip eval``: measure a world's two models.
 
     safeclip eval retrieval --preset mini [--split test] [--n 1000] [--json] [--out FILE]
     safeclip eval retrieval --preset vit-l-14 --visu [TEXT] --coco-root DIR --unsafe-root DIR
+    safeclip eval generation --preset mini --json
+    safeclip eval captioning --preset mini --json
 
-Prints, per model (``clip`` the original, ``safeclip`` the safe one), the retrieval metrics of
-``safeclip.eval.retrieval`` on a split of the synthetic ViSU. A bundled model that has not been
-built yet is reported as ``null`` with a note, never as numbers from a placeholder.
-``--visu`` computes the same metrics on the real ViSU split instead (captions from the Hub's
-``aimagelab/ViSU-Text`` or a local copy given as TEXT, safe images from COCO, unsafe images
-generated with ``safeclip data generate-unsafe``), next to the paper's numbers of the preset.
+Retrieval prints, per model (``clip`` the original, ``safeclip`` the safe one), the metrics of
+``safeclip.eval.retrieval`` on a split of the world's evaluation data (its ``retrieval.eval``
+kind: the real worlds' is ViSU, the mini world's its synthetic ViSU). On ViSU (``--visu``:
+captions from the Hub's ``aimagelab/ViSU-Text`` or a local copy given as TEXT, safe images from
+COCO, unsafe images generated with ``safeclip data generate-unsafe``) the paper's numbers of the
+world are printed beside.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import time
 from pathlib import Path
 
 from ..cli import add_common_args, overrides, setup_logging
+from ..errors import StudioError
 from ..presets import get_preset
 
 logger = logging.getLogger(__name__)
@@ -26,8 +29,8 @@ logger = logging.getLogger(__name__)
 
 def retrieval_main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="safeclip eval retrieval",
-                                description="Retrieval metrics of both models of a preset.")
-    add_common_args(p)
+                                description="Retrieval metrics of both models of a world.")
+    add_common_args(p, capability="retrieval")
     p.add_argument("--split", default="test", choices=["test", "validation"])
     p.add_argument("--n", type=int, default=None, help="number of quadruplets (default: the split)")
     p.add_argument("--device", default=None)
@@ -38,16 +41,12 @@ def retrieval_main(argv=None) -> int:
     p.add_argument("--coco-root", type=Path, default=None, help="--visu: COCO images (safe V)")
     p.add_argument("--unsafe-root", type=Path, default=None,
                    help="--visu: generated unsafe images (G), see `safeclip data generate-unsafe`")
-    p.add_argument("--batch-size", type=int, default=64, help="--visu: quadruplets per batch")
-    p.add_argument("--workers", type=int, default=2, help="--visu: image decoding processes")
+    p.add_argument("--batch-size", type=int, default=64, help="quadruplets per batch")
+    p.add_argument("--workers", type=int, default=2, help="image decoding processes (ViSU)")
     args = p.parse_args(argv)
     setup_logging(args.log_level)
-    if args.visu:
-        result = evaluate_visu(args.preset, args.visu, args.coco_root, args.unsafe_root,
-                               args.split, args.n, overrides(args), args.device, args.batch_size,
-                               args.workers)
-    else:
-        result = evaluate_retrieval(args.preset, args.split, args.n, overrides(args), args.device)
+    result = evaluate_retrieval(args.preset, args.split, args.n, overrides(args), args.device,
+                                args)
     emit(result, args.out, args.json, format_table)
     return 0
 
@@ -61,76 +60,41 @@ def emit(result: dict, out: Path | None, as_json: bool, table) -> None:
     print(text if as_json else table(result))
 
 
-def evaluate_retrieval(preset_name: str, split: str = "test", n: int | None = None,
-                       model_overrides: dict | None = None, device=None) -> dict:
-    from ..data.synthetic import SyntheticViSU
-    from ..encoders import load_clip
-    from .retrieval import evaluate_encoder
-
-    preset = get_preset(preset_name, model_overrides)
-    if not preset.bundled:
-        raise ValueError(f"preset {preset.name!r}: the synthetic ViSU only fits the mini world; "
-                         "real ViSU evaluation takes --visu (see the retrieval issue)")
-    quads = SyntheticViSU(split, n=n, size=preset.image_size)
-    result = {"preset": preset.name, "split": split, "n": len(quads), "models": {}, "notes": []}
-    for role, name in (("clip", "clip"), ("safe_clip", "safeclip")):
-        ref = getattr(preset, role)
-        if preset.bundled and not Path(ref).exists():
-            result["models"][name] = None
-            result["notes"].append(f"{name}: {ref} is not built yet")
-            continue
-        t0 = time.time()
-        enc = load_clip(preset, role, device=device)
-        metrics = evaluate_encoder(enc, quads)
-        metrics["seconds"] = round(time.time() - t0, 2)
-        result["models"][name] = {"ref": ref, **metrics}
-    return result
-
-
-def _shrink(image, size: int):
-    """Shortest edge down to the model's input size (what its preprocessing does first), so a
-    batch of COCO photos stays small in memory."""
-    from PIL import Image
-
-    w, h = image.size
-    if min(w, h) > size:
-        scale = size / min(w, h)
-        image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))),
-                             Image.BICUBIC)
-    return image
-
-
 def _as_list(batch):
     return batch
 
 
-def evaluate_visu(preset_name: str, text, coco_root, unsafe_root, split: str = "test",
-                  n: int | None = None, model_overrides: dict | None = None, device=None,
-                  batch_size: int = 64, workers: int = 2) -> dict:
-    """The retrieval metrics of both models on the real ViSU ``split`` (one pass over the
-    images, both models encoding each batch)."""
-    import functools
-
+def evaluate_retrieval(preset_name, split: str = "test", n: int | None = None,
+                       model_overrides: dict | None = None, device=None, args=None) -> dict:
+    """The retrieval metrics of both models on ``split`` of the world's evaluation data (one
+    pass over the items, both models encoding each batch)."""
     import torch
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from ..data.visu import ViSUDataset
     from ..encoders import load_clip
+    from ..kinds import kind_info, resolve
     from .retrieval import retrieval_metrics
 
-    preset = get_preset(preset_name, model_overrides)
-    ds = ViSUDataset(split, text=text, coco_root=coco_root, unsafe_root=unsafe_root, limit=n,
-                     transform=functools.partial(_shrink, size=preset.image_size))
-    ds.check()  # one MissingDataError listing the missing images, before loading any model
-    result = {"preset": preset.name, "data": "visu", "split": ds.split, "n": len(ds),
-              "text": ds.source, "models": {}, "notes": [], "paper": preset.paper or None}
+    world = get_preset(preset_name, model_overrides)
+    if world.retrieval is None:
+        raise StudioError(f"world {world.name!r} has no retrieval")
+    kind = "visu" if getattr(args, "visu", None) else world.retrieval.eval
+    if kind is None:
+        raise StudioError(f"world {world.name!r} names no retrieval evaluation data; pass --visu")
+    ds = resolve("retrieval_eval", kind, world)(world, split, n, args)
+    result = {"preset": world.name, "data": kind, "split": split, "n": len(ds),
+              "source": getattr(ds, "source", kind), "models": {}, "notes": [],
+              "paper": world.retrieval.paper or None}
     t0 = time.time()
-    encoders = {name: load_clip(preset, role, device=device)
+    encoders = {name: load_clip(world, role, device=device)
                 for role, name in (("clip", "clip"), ("safe_clip", "safeclip"))}
     parts: dict[str, dict[str, list]] = {m: {k: [] for k in "SUVG"} for m in encoders}
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=_as_list)
-    for batch in tqdm(loader, desc=f"ViSU {ds.split}", unit="batch"):
+    io = kind_info("retrieval_eval", kind, world).get("io", False)  # files to decode: workers
+    workers = getattr(args, "workers", 0) if io else 0
+    loader = DataLoader(ds, batch_size=getattr(args, "batch_size", 64) or 64,
+                        num_workers=workers, collate_fn=_as_list)
+    for batch in tqdm(loader, desc=f"{kind} {split}", unit="batch"):
         for m, enc in encoders.items():
             for k in "SU":
                 parts[m][k].append(enc.encode_text([q[k] for q in batch]))
@@ -168,7 +132,7 @@ def format_table(result: dict) -> str:
             if k.endswith(("_r1", "_r5", "_r10")) or k.startswith("nsfw")]
     keys = list(dict.fromkeys(keys))
     names = list(result["models"])
-    data = "ViSU " if result.get("data") == "visu" else ""
+    data = "ViSU " if result.get("data") == "visu" else f"{result.get('data', '')} "
     lines = [f"preset {result['preset']}, {data}{result['split']} split, n={result['n']}",
              "metric".ljust(14) + "".join(n.rjust(10) for n in names)]
     for k in keys:

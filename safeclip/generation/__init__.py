@@ -1,4 +1,4 @@
-"""Paired text-to-image generation: one Stable Diffusion, two text encoders, one batched loop.
+"""Paired text-to-image generation: one generator, two text encoders, one batched pass.
 
     >>> from safeclip.generation import load_generator
     >>> gen = load_generator("mini")                  # or "vit-l-14" / "vit-h-14" (need weights)
@@ -9,14 +9,15 @@
 
     safeclip generate --preset mini --prompt "a red dog holding a kite" --seed 0 --out out/ --json
 
-Modules: ``paired`` (the batched two-encoder sampler and parameter sharing), ``decoder`` (the
-mini world's generator: an embedding decoder, same pairing), ``text`` (which hidden states a
-generator reads), ``generator`` (input checks, judge, preset loaders), ``cli``.
+Modules: ``paired`` (the batched two-encoder Stable Diffusion sampler), ``sd`` (the loader of
+kind ``diffusers-sd``), ``text`` (text encoders from any Safe-CLIP form), ``generator`` (limits,
+judge, the world's loader), ``cli``.
 """
-from ..presets import SEED_MAX, generation_settings
-from .cli import main
+from ..limits import SEED
 from .generator import GeneratedImage, PairedGenerator, PairResult, load_generator
 from .paired import PairedStableDiffusion, share_identical_parameters
 
+SEED_MAX = int(SEED.hi)
+
 __all__ = ["SEED_MAX", "GeneratedImage", "PairResult", "PairedGenerator", "PairedStableDiffusion",
-           "generation_settings", "load_generator", "main", "share_identical_parameters"]
+           "load_generator", "share_identical_parameters"]

@@ -16,34 +16,31 @@ from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..cli import add_common_args
+
     p = argparse.ArgumentParser(prog="safeclip generate", description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="mini")
+    add_common_args(p, capability="generation")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None,
-                   help="denoising steps (default: the preset's; the mini embedding decoder makes "
-                        "one pass and ignores them)")
-    p.add_argument("--guidance", type=float, default=None, help="default: the preset's")
-    p.add_argument("--size", type=int, default=None, help="width = height; default: the preset's")
+                   help="denoising steps (default: the world's; a one-pass generator ignores them)")
+    p.add_argument("--guidance", type=float, default=None, help="default: the world's")
+    p.add_argument("--size", type=int, default=None, help="width = height; default: the world's")
     p.add_argument("--out", type=Path, required=True, help="folder for the images and result.json")
     p.add_argument("--device", default=None)
     p.add_argument("--offload", action="store_true", help="CPU offload (small GPUs)")
-    for role in ("clip", "safe-clip", "sd", "safe-sd"):
-        p.add_argument("--" + role, default=None, help=f"override the preset's {role} model")
     p.add_argument("--json", action="store_true", help="print result.json to stdout")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from ..cli import setup_logging
+    from ..cli import overrides, setup_logging
     from .generator import load_generator
 
-    setup_logging("WARNING" if args.json else "INFO")
-    overrides = {"clip": args.clip, "safe_clip": args.safe_clip, "sd": args.sd,
-                 "safe_sd": args.safe_sd}
-    gen = load_generator(args.preset, overrides, device=args.device, offload=args.offload)
+    setup_logging("WARNING" if args.json else args.log_level)
+    gen = load_generator(args.preset, overrides(args), device=args.device, offload=args.offload)
     res = gen.generate_pair(args.prompt, args.negative_prompt, seed=args.seed, steps=args.steps,
                             guidance=args.guidance, size=args.size, progress=not args.json)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,66 +1,86 @@
-"""Text encoders for the generators: which hidden states the UNet cross-attends to.
+"""Text encoders for the generators, read from any of the forms a Safe-CLIP ships in.
 
-Real presets use a plain transformers ``CLIPTextModel`` (Stable Diffusion's own choice: the last
-hidden states of every token). The mini generator uses ``EndOfTextCLIPTextModel``: the same
-weights and the same forward pass, but every position *before* the end-of-text token carries the
-end-of-text state. Why: Safe-CLIP's objective acts on the pooled embedding, which is read at the
-end-of-text token; the states of the earlier tokens (a causal prefix of the prompt) are only moved
-as a side effect. Measured on the mini models with a linear probe fitted on the original encoder
-(`safeclip.mini.train_sd` model card): the safe encoder's states of unsafe prompts read as unsafe
-for 73% of the prompts at the pre-end-of-text positions and 6% from the end-of-text token on.
+    >>> from safeclip.generation.text import load_text_encoder, load_text_embedder
+    >>> enc = load_text_encoder(folder)     # CLIPTextModel: SD cross-attends to its last states
+    >>> emb = load_text_embedder(folder)    # CLIPTextModelWithProjection: the pooled embedding
 
-    >>> from safeclip.generation.text import load_text_encoder
-    >>> enc = load_text_encoder("assets/models/mini-clip", mode="eot")   # a CLIPTextModel subclass
+A folder may hold a whole ``CLIPModel`` (``aimagelab/safeclip_vit-l_14``, ``safeclip_sd_20``), a
+``CLIPTextModel`` (what ``safeclip train`` exports as ``text_encoder/``) or a diffusers pipeline
+(its ``text_encoder/``). From a CLIPModel only the text tower's weights are read (safetensors
+tensor by tensor), so its vision tower never reaches memory.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
-from transformers import CLIPTextModel
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-MODES = ("all", "eot")  # all: stock SD conditioning; eot: end-of-text states everywhere
+from ..weights import read_weights
 
-
-class EndOfTextCLIPTextModel(CLIPTextModel):
-    """A CLIPTextModel whose ``last_hidden_state`` holds, at each position before the first
-    end-of-text token, that token's state (positions from it on are unchanged)."""
-
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs):
-        out = super().forward(input_ids=input_ids, attention_mask=attention_mask,
-                              position_ids=position_ids, **kwargs)
-        h = out.last_hidden_state
-        eos_id = self.config.eos_token_id
-        is_eos = input_ids == eos_id
-        # first end-of-text position per row (rows without one: the last position)
-        first = torch.where(is_eos.any(1), is_eos.int().argmax(1),
-                            torch.full_like(input_ids[:, 0], input_ids.shape[1] - 1))
-        pos = torch.arange(h.shape[1], device=h.device)[None, :]
-        eot = h[torch.arange(h.shape[0], device=h.device), first][:, None, :]
-        h = torch.where((pos < first[:, None])[..., None], eot, h)
-        return BaseModelOutputWithPooling(last_hidden_state=h, pooler_output=out.pooler_output,
-                                          hidden_states=out.hidden_states,
-                                          attentions=out.attentions)
+TEXT_PREFIXES = ("text_model.", "text_projection.")
 
 
-def text_encoder_class(mode: str = "all") -> type[CLIPTextModel]:
-    if mode not in MODES:
-        raise ValueError(f"text conditioning mode must be one of {MODES}, not {mode!r}")
-    return EndOfTextCLIPTextModel if mode == "eot" else CLIPTextModel
+def _config(folder: Path):
+    from transformers import CLIPConfig, CLIPTextConfig
+
+    data = json.loads((folder / "config.json").read_text())
+    if data.get("model_type") == "clip":  # a whole CLIPModel: its text config and projection
+        full = CLIPConfig.from_pretrained(folder)
+        text = full.text_config
+        text.projection_dim = full.projection_dim
+        return text, True
+    return CLIPTextConfig.from_pretrained(folder), False
 
 
-def load_text_encoder(path, mode: str = "all", dtype=torch.float32) -> CLIPTextModel:
-    """The text tower of a CLIP folder (a full CLIPModel or a CLIPTextModel checkpoint), in
-    ``dtype``, frozen. A CLIPModel folder is loaded whole and its text tower copied strictly (a
-    CLIPTextModel does not pick the text weights out of a CLIPModel checkpoint by itself)."""
-    from transformers import AutoConfig, CLIPModel
+def text_folder(path) -> Path:
+    """The folder that holds the text encoder's config.json (a pipeline's text_encoder/)."""
+    path = Path(path)
+    if not (path / "config.json").exists() and (path / "text_encoder" / "config.json").exists():
+        return path / "text_encoder"
+    return path
 
-    cls = text_encoder_class(mode)
-    config = AutoConfig.from_pretrained(str(path))
-    if getattr(config, "model_type", "") == "clip":
-        full = CLIPModel.from_pretrained(str(path), dtype=torch.float32)
-        model = cls(full.config.text_config)
-        model.load_state_dict(full.text_model.state_dict(), strict=True)
-        del full
-    else:
-        model = cls.from_pretrained(str(path), dtype=torch.float32)
+
+def _load(cls, path, dtype, keys: tuple[str, ...]):
+    folder = text_folder(path)
+    config, whole = _config(folder)
+    if not whole:  # a CLIPTextModel checkpoint: transformers reads it as it is
+        return cls.from_pretrained(folder, dtype=dtype).eval().requires_grad_(False)
+    with torch.device("meta"):
+        model = cls(config)
+    wanted = set(model.state_dict())
+    nested = any(k.startswith("text_model.") for k in wanted)
+    sd = {(k if nested or not k.startswith("text_model.") else k.removeprefix("text_model.")): v
+          for k, v in read_weights(folder, prefixes=keys).items()}
+    sd = {k: v for k, v in sd.items() if k in wanted}
+    missing = sorted(wanted - set(sd))
+    if missing:
+        raise ValueError(f"{folder}: the text tower's weights are incomplete (missing "
+                         f"{missing[:4]})")
+    model.load_state_dict(sd, strict=True, assign=True)
+    _fix_buffers(model)
     return model.to(dtype).eval().requires_grad_(False)
+
+
+def _fix_buffers(model) -> None:
+    """Buffers created on the meta device (position ids) rebuilt on the CPU."""
+    for name, buf in list(model.named_buffers()):
+        if buf.is_meta:
+            owner, _, leaf = name.rpartition(".")
+            mod = model.get_submodule(owner) if owner else model
+            mod.register_buffer(leaf, torch.arange(buf.shape[-1]).expand(buf.shape).clone(),
+                                persistent=False)
+
+
+def load_text_encoder(path, dtype=torch.float32):
+    """A frozen ``CLIPTextModel`` (last hidden states: what Stable Diffusion reads)."""
+    from transformers import CLIPTextModel
+
+    return _load(CLIPTextModel, path, dtype, ("text_model.",))
+
+
+def load_text_embedder(path, dtype=torch.float32):
+    """A frozen ``CLIPTextModelWithProjection`` (the pooled, projected text embedding)."""
+    from transformers import CLIPTextModelWithProjection
+
+    return _load(CLIPTextModelWithProjection, path, dtype, TEXT_PREFIXES)

@@ -1,8 +1,10 @@
-"""``safeclip mini build``: rebuild the bundled mini world from scratch, on a CPU.
+"""``safeclip mini``: rebuild the bundled mini world from scratch, on a CPU.
 
     safeclip mini build                       # every step, skipping those already done
     safeclip mini build --only clip --force   # retrain one artifact
     safeclip mini build --work /tmp/mini --out /tmp/models   # leave assets/ untouched
+    safeclip mini rescan                      # the generator's guidance, for a new Safe-CLIP
+    safeclip mini judge | clip | gen | llava  # one trainer by hand (its own flags)
 
 Steps, in order (each resumable, each skipped when its artifact exists unless ``--force``):
 
@@ -13,9 +15,6 @@ Steps, in order (each resumable, each skipped when its artifact exists unless ``
   gen     train the mini generator (an embedding decoder and its VAE)   -> OUT/mini-gen
   llava   train the mini LLaVA (projector, language model) on the mini CLIP tower -> OUT/mini-llava
 
-``--only sd`` also trains the mini Stable Diffusion (VAE, UNet) -> OUT/mini-sd: the generator the
-issue preferred, not bundled because it missed the quality bars (mini-gen's model card).
-
 Every step logs to WORK/build.log as well as the terminal, and the build ends with the test-split
 metrics written into each model folder (``metrics.json``) and its model card (``README.md``).
 """
@@ -25,16 +24,15 @@ import argparse
 import json
 import logging
 import shutil
-import sys
 import time
 from pathlib import Path
 
-from ..presets import MINI_MODELS
+from . import MODELS, WORLD
 
 logger = logging.getLogger(__name__)
 
-STEPS = ("data", "judge", "clip", "safeclip", "sd", "gen", "llava")  # in this order
-DEFAULT_STEPS = tuple(s for s in STEPS if s != "sd")  # the bundled artifacts
+STEPS = ("data", "judge", "clip", "safeclip", "gen", "llava")  # in this order
+DEFAULT_STEPS = STEPS  # the bundled artifacts
 DEFAULT_WORK = Path("work") / "mini"
 
 
@@ -72,15 +70,11 @@ def step_clip(work: Path, out: Path, force: bool) -> dict:
 
 def evaluate_model_dir(model_dir: Path, split: str = "test") -> dict:
     """Test-split retrieval metrics of a CLIP folder, written beside it as metrics.json."""
-    from dataclasses import replace
-
-    from ..data.synthetic import SyntheticViSU
-    from ..encoders import load_clip
+    from ..encoders import load_clip_folder
     from ..eval.retrieval import evaluate_encoder
-    from ..presets import get_preset
+    from .synthetic import SyntheticViSU
 
-    preset = replace(get_preset("mini", use_env=False), clip=str(model_dir))
-    metrics = evaluate_encoder(load_clip(preset, "clip", device="cpu"), SyntheticViSU(split))
+    metrics = evaluate_encoder(load_clip_folder(model_dir, device="cpu"), SyntheticViSU(split))
     metrics = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
     (model_dir / "metrics.json").write_text(json.dumps({"split": split, **metrics}, indent=2))
     return metrics
@@ -95,7 +89,7 @@ def write_clip_card(target: Path, cfg, info: dict, metrics: dict) -> None:
     (target / "README.md").write_text(f"""# mini-clip
 
 The mini world's original CLIP: a transformers `CLIPModel` trained from scratch here on safe and
-unsafe pairs of the synthetic ViSU (`safeclip.data.synthetic`), so that, like web-scale CLIP, it
+unsafe pairs of the synthetic ViSU (`safeclip.mini.synthetic`), so that, like web-scale CLIP, it
 links unsafe words to unsafe images. Weights in fp16 safetensors; tokenizer = the real CLIP BPE.
 
 - architecture: ViT {mc.vision_config.image_size} px, patch {mc.vision_config.patch_size}, width {mc.vision_config.hidden_size}, {mc.vision_config.num_hidden_layers}+{mc.text_config.num_hidden_layers} layers, context {mc.text_config.max_position_embeddings}, embedding {mc.projection_dim}, {info['parameters'] / 1e6:.1f}M parameters, QuickGELU
@@ -132,11 +126,12 @@ def step_safeclip(work: Path, out: Path, force: bool) -> dict:
         return {"safeclip": "skipped"}
     if force:
         shutil.rmtree(run, ignore_errors=True)
-    args = ["--preset", "mini", "--clip", str(out / "mini-clip"), "--data-dir", str(work / "data"),
+    args = ["--preset", WORLD, "--clip", str(out / "mini-clip"), "--data-dir", str(work / "data"),
             "--out", str(run), *SAFECLIP_ARGS]
     train_main(args + (["--resume"] if (run / "checkpoint").exists() else []))
     merged = run / "export" / "merged"
     from transformers import CLIPModel
+
     from .clip import save_clip_dir
     save_clip_dir(CLIPModel.from_pretrained(merged).eval(), target, dtype=__import__("torch").float16)
     metrics = evaluate_model_dir(target)
@@ -177,14 +172,8 @@ transformers `CLIPModel` (fp16 safetensors).
 """)
 
 
-def step_sd(work: Path, out: Path, force: bool) -> dict:
-    from .train_sd import build_step  # the mini generator (issue 6)
-
-    return build_step(work, out, force)
-
-
 def step_gen(work: Path, out: Path, force: bool) -> dict:
-    from .train_gen import build_step  # the mini generator the preset uses (issue 6)
+    from .gen_export import build_step  # the mini generator
 
     return build_step(work, out, force)
 
@@ -196,10 +185,10 @@ def step_llava(work: Path, out: Path, force: bool) -> dict:
 
 
 RUNNERS = {"data": step_data, "judge": step_judge, "clip": step_clip, "safeclip": step_safeclip,
-           "sd": step_sd, "gen": step_gen, "llava": step_llava}
+           "gen": step_gen, "llava": step_llava}
 
 
-def build(work: Path = DEFAULT_WORK, out: Path = MINI_MODELS, only=None, force: bool = False) -> dict:
+def build(work: Path = DEFAULT_WORK, out: Path = MODELS, only=None, force: bool = False) -> dict:
     work, out = Path(work), Path(out)
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -207,7 +196,7 @@ def build(work: Path = DEFAULT_WORK, out: Path = MINI_MODELS, only=None, force: 
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("safeclip").addHandler(handler)
     steps = list(only or DEFAULT_STEPS)
-    if "data" not in steps and any(s in steps for s in ("clip", "safeclip", "sd", "gen", "llava")):
+    if "data" not in steps and any(s in steps for s in ("clip", "safeclip", "gen", "llava")):
         steps.insert(0, "data")  # training needs the rendered data (a no-op when present)
     report, t_all = {}, time.time()
     try:
@@ -226,20 +215,32 @@ def build(work: Path = DEFAULT_WORK, out: Path = MINI_MODELS, only=None, force: 
     return report
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] != "build":
-        print("usage: safeclip mini build [--work DIR] [--out DIR] [--only STEP ...] [--force]",
-              file=sys.stderr)
-        return 2
+def build_main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="safeclip mini build", description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=DEFAULT_WORK, help="data and checkpoints")
-    p.add_argument("--out", type=Path, default=MINI_MODELS, help="where the models go")
+    p.add_argument("--out", type=Path, default=MODELS, help="where the models go")
     p.add_argument("--only", nargs="+", choices=STEPS, help="run only these steps")
     p.add_argument("--force", action="store_true", help="redo the chosen steps from scratch")
-    args = p.parse_args(argv[1:])
+    args = p.parse_args(argv)
     from ..cli import setup_logging
     setup_logging("INFO")
     report = build(args.work, args.out, args.only, args.force)
     print(json.dumps(report, indent=2, default=str))
     return 0
+
+
+SUBCOMMANDS = {
+    "build": ("safeclip.mini.build:build_main", "rebuild the bundled models (every step, resumable)"),
+    "rescan": ("safeclip.mini.gen_export:rescan_main",
+               "re-choose the generator's guidance for the Safe-CLIP beside it, re-evaluate"),
+    "judge": ("safeclip.mini.train_judge:main", "train the mini judge by hand"),
+    "clip": ("safeclip.mini.train_clip:main", "train the mini CLIP by hand"),
+    "gen": ("safeclip.mini.gen_export:main", "train the mini generator by hand"),
+    "llava": ("safeclip.mini.train_llava:main", "train the mini captioner by hand"),
+}
+
+
+def main(argv=None) -> int:
+    from ..cli import dispatch
+
+    return dispatch(argv, SUBCOMMANDS, "safeclip mini", __doc__)

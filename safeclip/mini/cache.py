@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data.synthetic import SPLIT_SEED, SPLITS, caption_pair, render_pair, sample_tags, split_rng
+from .synthetic import SPLIT_SEED, SPLITS, caption_pair, render_pair, sample_tags, split_rng
 
 logger = logging.getLogger(__name__)
 
@@ -81,3 +81,20 @@ def load_split(root: str | Path, split: str) -> dict:
     out = {key: np.concatenate([p[key] for p in parts]) for key in ("V", "G", "S", "U", "tags")}
     out["tags"] = [json.loads(t) for t in out["tags"]]
     return out
+
+
+def train_sources(args, tokenizer, processor, context, need):
+    """Training data kind ``synthetic``: the rendered splits in ``args.data_dir`` (rendered
+    there, whole, the first time)."""
+    from ..train.data import ArrayQuads
+
+    for split in ("validation", "train"):
+        if not (Path(args.data_dir) / split / "meta.json").exists():
+            render_split(split, args.data_dir)
+
+    def src(split, n):
+        data = load_split(args.data_dir, split)
+        if n:
+            data = {k: v[:n] for k, v in data.items()}
+        return ArrayQuads(data, tokenizer, context, need)
+    return src("train", args.n_train), src("validation", args.n_val)

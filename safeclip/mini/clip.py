@@ -6,16 +6,14 @@
 
 A saved folder holds ``config.json``, ``model.safetensors``, the CLIP BPE tokenizer files and
 ``preprocessor_config.json``: it loads with ``CLIPModel.from_pretrained`` and with
-``safeclip.encoders.load_clip`` exactly like ``openai/clip-vit-large-patch14``.
+``safeclip.encoders.load_clip`` exactly like ``openai/clip-vit-large-patch14``
+(``safeclip.convert.save_clip_dir``).
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from ..encoders import OPENAI_MEAN, OPENAI_STD
-from ..tokenizer import clip_tokenizer
+from ..convert import save_clip_dir  # noqa: F401 - re-exported: the mini models are saved so
 
 
 def clip_config(width: int = 128,  # hidden size of both towers
@@ -44,25 +42,3 @@ def new_clip(config, seed: int = 0):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return CLIPModel(config).eval()
-
-
-def save_clip_dir(model, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write ``model`` with its tokenizer and image processor, as a Hub CLIP folder."""
-    from transformers import CLIPImageProcessor
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    to_save = model if dtype is None else _cast_copy(model, dtype)
-    to_save.save_pretrained(out, safe_serialization=True)
-    ctx = int(model.config.text_config.max_position_embeddings)
-    clip_tokenizer(ctx).save_pretrained(out)
-    size = int(model.config.vision_config.image_size)
-    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-                       image_mean=list(OPENAI_MEAN), image_std=list(OPENAI_STD)).save_pretrained(out)
-    return out
-
-
-def _cast_copy(model, dtype):
-    import copy
-
-    return copy.deepcopy(model).to(dtype)

@@ -1,183 +1,160 @@
-"""Train the mini world's judge (safeclip.safety.MiniJudge) on images rendered on the fly.
+"""The mini world's image judge: a small CNN that says which objects of the world an image shows.
 
-    python -m safeclip.mini.judge --out assets/models/mini-judge          # a few minutes, 2 cores
-    python -m safeclip.mini.judge --out /tmp/judge --steps 100 --json     # quick smoke run
+    >>> from safeclip.mini.judge import MiniJudge
+    >>> judge = MiniJudge.from_pretrained("assets/models/mini-judge")
+    >>> v = judge.judge([image])[0]       # Verdict: unsafe = an unsafe object's score >= threshold
 
-    >>> from safeclip.mini.judge import train_judge
-    >>> metrics = train_judge("assets/models/mini-judge")   # skips if the model exists
-
-Every step renders batch/2 quadruplets of the mini world and trains on both their V (safe
-object) and G (unsafe object) images, multi-label over ALL_OBJECTS, with light augmentation
-(flips, shifts, colour, blur, noise) so the judge also reads imperfect generated images.
-Seeds: training items come from SPLIT_SEED["judge_train"], evaluation items from
-SPLIT_SEED["judge_eval"], both disjoint from the CLIP train/validation/test splits.
-The output directory gets model.safetensors (fp16), config.json, README.md (model card) and
-metrics.json (per-object accuracy on >= 2,000 held-out images).
+Registered as the image judge kind ``mini-judge`` (its JudgeSpec ``ref`` is the model folder).
+Trained by ``safeclip mini build --only judge`` (``safeclip.mini.train_judge``).
 """
-
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import math
-import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
+from PIL import Image
+from torch import nn
 
-from safeclip.data.synthetic import ALL_OBJECTS, UNSAFE_OBJECTS, render_pair, split_tags
-from safeclip.safety import MiniJudge, MiniJudgeConfig, images_to_tensor
+from ..errors import ModelUnavailableError
+from ..images import to_rgb
+from ..safety.base import Judge, Verdict
+from .vocab import ALL_OBJECTS, UNSAFE_OBJECTS
 
 log = logging.getLogger(__name__)
 
-_INDEX = {name: i for i, name in enumerate(ALL_OBJECTS)}
+
+@dataclass
+class MiniJudgeConfig:
+    labels: list[str] = field(default_factory=lambda: list(ALL_OBJECTS))  # output order
+    unsafe: dict[str, str] = field(default_factory=lambda: dict(UNSAFE_OBJECTS))  # -> category
+    image_size: int = 64  # input side in pixels; other sizes are resized (LANCZOS)
+    widths: list[int] = field(default_factory=lambda: [24, 48, 96, 128])  # conv layer widths
+    strides: list[int] = field(default_factory=lambda: [2, 2, 1, 2])  # conv layer strides
+    threshold: float = 0.5  # default decision threshold on the sigmoid scores
 
 
-def render_batch(split: str, start: int, n_quads: int, size: int = 64):
-    """Images and targets of items start..start+n_quads of `split`: [V0, G0, V1, G1, ...]."""
-    images, targets = [], torch.zeros(2 * n_quads, len(ALL_OBJECTS))
-    for k in range(n_quads):
-        tags = split_tags(split, start + k)
-        images.extend(render_pair(tags, size))
-        targets[2 * k, _INDEX[tags["safe_object"]]] = 1.0
-        targets[2 * k + 1, _INDEX[tags["unsafe_object"]]] = 1.0
-    return images_to_tensor(images, size), targets
+class MiniJudgeNet(nn.Module):
+    """conv3x3-BN-ReLU layers (strided, 64 -> 8 px), then global max+mean pooling and one logit
+    per label. Input: float RGB in [0, 1], N x 3 x 64 x 64. Small enough to train on 2 cores."""
+
+    def __init__(self, config: MiniJudgeConfig):
+        super().__init__()
+        layers, c_in = [], 3
+        for w, s in zip(config.widths, config.strides):
+            layers += [nn.Conv2d(c_in, w, 3, stride=s, padding=1, bias=False), nn.BatchNorm2d(w),
+                       nn.ReLU(inplace=True)]
+            c_in = w
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(2 * c_in, len(config.labels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features((x - 0.5) / 0.25)
+        return self.head(torch.cat([h.amax(dim=(2, 3)), h.mean(dim=(2, 3))], dim=1))
 
 
-def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Random flips, shifts (up to 4 px), brightness/contrast, 3x3 blur and noise."""
-    n = x.shape[0]
-    u = torch.rand(n, 6, generator=g)
-    x = torch.where((u[:, 0] < 0.5)[:, None, None, None], x.flip(-1), x)
-    pad = F.pad(x, (4, 4, 4, 4), mode="replicate")
-    dx, dy = (u[:, 1] * 9).long(), (u[:, 2] * 9).long()
-    x = torch.stack([pad[i, :, dy[i]: dy[i] + x.shape[2], dx[i]: dx[i] + x.shape[3]]
-                     for i in range(n)])
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    contrast = 0.8 + 0.4 * torch.rand(n, 1, 1, 1, generator=g)
-    bright = 0.08 * (2 * torch.rand(n, 1, 1, 1, generator=g) - 1)
-    x = (x - mean) * contrast + mean + bright
-    blurred = F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
-    x = torch.where((u[:, 3] < 0.3)[:, None, None, None], blurred, x)
-    x = x + u[:, 4, None, None, None] * 0.04 * torch.randn(x.shape, generator=g)
-    return x.clamp_(0.0, 1.0)
+def images_to_tensor(images, size: int = 64) -> torch.Tensor:
+    """PIL images of any mode/size -> float tensor N x 3 x size x size in [0, 1]."""
+    arrs = []
+    for im in images:
+        im = to_rgb(im)
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.LANCZOS)
+        arrs.append(np.asarray(im, dtype=np.uint8))
+    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-@torch.no_grad()
-def evaluate(judge: MiniJudge, n_images: int = 2048, batch: int = 256) -> dict:
-    """Per-object accuracy/recall of the "object present" decisions on held-out renders."""
-    net = judge.net.eval()
-    scores, targets = [], []
-    for start in range(0, n_images // 2, batch // 2):
-        x, y = render_batch("judge_eval", start, min(batch // 2, n_images // 2 - start))
-        scores.append(torch.sigmoid(net(x)))
-        targets.append(y)
-    s, y = torch.cat(scores), torch.cat(targets).bool()
-    pred = s >= judge.threshold
-    acc = (pred == y).float().mean(0)
-    rec = (pred & y).float().sum(0) / y.float().sum(0).clamp(min=1)
-    unsafe_cols = torch.tensor([_INDEX[o] for o in UNSAFE_OBJECTS])
-    is_unsafe = y[:, unsafe_cols].any(1)
-    flagged = s[:, unsafe_cols].max(1).values >= judge.threshold
-    return {
-        "eval_images": int(y.shape[0]),
-        "per_object_accuracy_min": round(float(acc.min()), 5),
-        "per_object_accuracy_mean": round(float(acc.mean()), 5),
-        "per_object_recall_min": round(float(rec.min()), 5),
-        "top1_accuracy": round(float((s.argmax(1) == y.float().argmax(1)).float().mean()), 5),
-        "unsafe_decision_accuracy": round(float((flagged == is_unsafe).float().mean()), 5),
-        "per_object_accuracy": {o: round(float(a), 5) for o, a in zip(ALL_OBJECTS, acc)},
-        "per_object_recall": {o: round(float(r), 5) for o, r in zip(ALL_OBJECTS, rec)},
-    }
+class MiniJudge(Judge):
+    """Multi-label object detector of the mini world; unsafe score = max over unsafe objects."""
+
+    name = "mini"
+
+    def __init__(self, net: MiniJudgeNet | None = None, config: MiniJudgeConfig | None = None,
+                 threshold: float | None = None, batch_size: int = 256):
+        self.config = config or MiniJudgeConfig()
+        super().__init__(self.config.threshold if threshold is None else threshold)
+        self.net = (net or MiniJudgeNet(self.config)).eval()
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, threshold: float | None = None):
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not (path / "model.safetensors").exists():
+            raise ModelUnavailableError(
+                f"no mini judge at {path}; build it with `safeclip mini build --only judge`")
+        config = MiniJudgeConfig(**json.loads((path / "config.json").read_text()))
+        net = MiniJudgeNet(config)
+        state = load_file(str(path / "model.safetensors"))
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v
+                             for k, v in state.items()})
+        return cls(net, config, threshold)
+
+    def save_pretrained(self, path: str | Path, metrics: dict | None = None,
+                        command: str | None = None) -> Path:
+        """Write model.safetensors (fp16), config.json and a README.md model card."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: (v.half() if v.is_floating_point() else v).contiguous()
+                 for k, v in self.net.state_dict().items()}
+        save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+        (path / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        (path / "README.md").write_text(model_card(self.config, metrics, command))
+        return path
+
+    @torch.no_grad()
+    def scores(self, images) -> np.ndarray:
+        """Sigmoid score per image and label: array N x len(config.labels)."""
+        self.net.eval()
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            x = images_to_tensor(images[i: i + self.batch_size], self.config.image_size)
+            out.append(torch.sigmoid(self.net(x)).numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.config.labels)))
+
+    def judge(self, images) -> list[Verdict]:
+        return [self._verdict({k: float(v) for k, v in zip(self.config.labels, row)},
+                              self.config.unsafe) for row in self.scores(list(images))]
 
 
-def train_judge(out_dir, steps: int = 900, batch: int = 64, lr: float = 3e-3, seed: int = 0,
-                log_every: int = 100, eval_images: int = 2048, threads: int = 2,
-                force: bool = False, command: str | None = None) -> dict:
-    """Train a MiniJudge, evaluate it on held-out renders and save it to `out_dir`.
-
-    Skips (and returns the saved metrics) when out_dir/model.safetensors exists and not force.
-    """
-    out = Path(out_dir)
-    if (out / "model.safetensors").exists() and not force:
-        log.info("%s already has a model; skipping (force=True retrains)", out)
-        metrics_path = out / "metrics.json"
-        return json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    judge = MiniJudge(config=MiniJudgeConfig())
-    net = judge.net.train()
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * i / steps)))
-    n_quads = batch // 2
-    # items of the judge_train range, offset by seed so that different seeds see different data
-    first = seed * steps * n_quads
-    t0, running = time.perf_counter(), 0.0
-    with ThreadPoolExecutor(1) as pool:  # render the next batch while this one trains
-        nxt = pool.submit(render_batch, "judge_train", first, n_quads)
-        bar = tqdm(range(steps), desc="mini judge", unit="step")
-        for step in bar:
-            x, y = nxt.result()
-            if step + 1 < steps:
-                nxt = pool.submit(render_batch, "judge_train", first + (step + 1) * n_quads,
-                                  n_quads)
-            loss = F.binary_cross_entropy_with_logits(net(augment(x, g)), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            running = 0.9 * running + 0.1 * loss.item() if step else loss.item()
-            bar.set_postfix(loss=f"{running:.4f}")
-            if log_every and (step + 1) % log_every == 0:
-                log.info("step %d/%d loss %.4f lr %.2e", step + 1, steps, running,
-                         sched.get_last_lr()[0])
-    train_s = time.perf_counter() - t0
-    judge.net.eval()
-    metrics = evaluate(judge, eval_images)
-    metrics = {"steps": steps, "batch": batch, "lr": lr, "seed": seed,
-               "params": sum(p.numel() for p in net.parameters()),
-               "train_seconds": round(train_s, 1), "threads": threads, **metrics}
-    judge.save_pretrained(out, metrics, command or
-                          f"python -m safeclip.mini.judge --out {out_dir} --steps {steps} "
-                          f"--batch {batch} --lr {lr} --seed {seed}")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    log.info("mini judge: per-object accuracy min %.4f mean %.4f, trained in %.0f s -> %s",
-             metrics["per_object_accuracy_min"], metrics["per_object_accuracy_mean"], train_s, out)
-    return metrics
+def model_card(config: MiniJudgeConfig, metrics: dict | None, command: str | None) -> str:
+    """README.md of a saved mini judge."""
+    lines = [
+        "# mini-judge", "",
+        "Safe-CLIP Studio's judge for the mini world: a small CNN that predicts which objects of",
+        "`safeclip.mini.synthetic.ALL_OBJECTS` a 64 px image shows (one sigmoid per object).",
+        "Unsafe score = max over the unsafe objects; category = that object's I2P category.",
+        "Trained from scratch on procedurally rendered images only (abstract glyphs).", "",
+        "## Config", "", "```json", json.dumps(asdict(config), indent=2), "```", "",
+    ]
+    if command:
+        lines += ["## Training command", "", "```", command, "```", ""]
+    if metrics:
+        lines += ["## Held-out evaluation", ""]
+        lines += [f"- {k}: {v}" for k, v in metrics.items() if not isinstance(v, dict)]
+        acc, rec = metrics.get("per_object_accuracy", {}), metrics.get("per_object_recall", {})
+        if acc:
+            lines += ["", "| object | accuracy | recall |", "|---|---|---|"]
+            lines += [f"| {k} | {acc[k]:.4f} | {rec.get(k, float('nan')):.4f} |" for k in acc]
+        lines += [""]
+    return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m safeclip.mini.judge", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="assets/models/mini-judge", help="output directory")
-    ap.add_argument("--steps", type=int, default=900)
-    ap.add_argument("--batch", type=int, default=64, help="images per step (half V, half G)")
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--log-every", type=int, default=100)
-    ap.add_argument("--eval-images", type=int, default=2048)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--force", action="store_true", help="retrain even if the model exists")
-    ap.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    argv_list = sys.argv[1:] if argv is None else list(argv)
-    metrics = train_judge(args.out, steps=args.steps, batch=args.batch, lr=args.lr,
-                          seed=args.seed, log_every=args.log_every,
-                          eval_images=args.eval_images, threads=args.threads, force=args.force,
-                          command="python -m safeclip.mini.judge " + " ".join(argv_list))
-    if args.json:
-        sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
-    return 0
+def load_judge(spec) -> MiniJudge:
+    """Kind ``mini-judge``: the judge saved in ``spec.ref``."""
+    if not spec.ref:
+        raise ModelUnavailableError("the mini-judge kind needs the judge's folder (ref)")
+    return MiniJudge.from_pretrained(spec.ref, spec.threshold)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def default_judge(threshold: float | None = None) -> MiniJudge:
+    """The bundled judge (assets/models/mini-judge): what the mini trainers check with."""
+    from . import MODELS
+
+    return MiniJudge.from_pretrained(MODELS / "mini-judge", threshold)

@@ -1,6 +1,7 @@
 """Training the mini CLIP from scratch on safe *and* unsafe pairs of the synthetic ViSU.
 
-    python -m safeclip.mini.train_clip --data work/data --out assets/models/mini-clip
+    safeclip mini clip --data work/mini/data --out /tmp/mini-clip     # by hand
+    safeclip mini build --only clip                                   # the bundled one
 
 Like web-scale CLIP, the model sees (S, V) and (U, G) pairs alike, so it learns to link unsafe
 words to unsafe images: the problem Safe-CLIP then removes. Standard symmetric InfoNCE with a
@@ -22,8 +23,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..encoders import image_features, text_features
-from .cache import load_split
 from ..train.data import normalise_u8 as pixels  # uint8 NHWC -> normalised NCHW
+from .cache import load_split
 from .clip import clip_config, new_clip, save_clip_dir
 from .steps import optimise, save_atomic, warmup_cosine
 
@@ -156,7 +157,7 @@ def train_mini_clip(data_dir: str | Path, out_dir: str | Path, work_dir: str | P
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="safeclip mini clip", description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="rendered splits (safeclip.mini.cache)")
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--work", default=None, help="checkpoints (default: DATA/../ckpt)")
@@ -171,6 +172,3 @@ def main(argv=None) -> int:
     train_mini_clip(args.data, args.out, work, cfg)
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

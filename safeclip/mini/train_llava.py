@@ -1,6 +1,7 @@
 """Training the mini captioner: a tiny LLaVA whose vision tower is the mini CLIP's.
 
-    python -m safeclip.mini.train_llava --data work/data --out assets/models/mini-llava
+    safeclip mini llava --data work/mini/data --out /tmp/mini-llava    # by hand
+    safeclip mini build --only llava                                   # the bundled one
     safeclip mini build --only llava [--force]        # the same, as a build step
 
 A transformers ``LlavaForConditionalGeneration``: the frozen vision tower of ``mini-clip``, a
@@ -12,7 +13,7 @@ The Safe-CLIP column needs no retraining: ``safeclip.captioning`` swaps in the v
 
 The folder holds config.json (the full ``LlavaConfig``), model.safetensors (projector and
 language model in fp16; the vision tower is *not* duplicated there: it is loaded from the
-preset's CLIP, see ``captioner.json``), the tokenizer and a model card. The tower reads the last
+world's CLIP: captioning.tower in safeclip/worlds/mini.toml), the tokenizer and a model card. The tower reads the last
 layer's patch tokens (``vision_feature_layer=-1``, CLS dropped): a linear probe showed that the
 mini Safe-CLIP removes the unsafe glyph from those far better than from the penultimate layer.
 Checkpoints are atomic every ``--ckpt-every`` steps and a restarted run resumes.
@@ -72,7 +73,7 @@ class LlavaTrainConfig:
 # ------------------------------------------------------------------------------ tokenizer
 def vocabulary() -> list[str]:
     """Every word the mini world's captions and the training questions can contain."""
-    from ..data import synthetic as sx
+    from . import synthetic as sx
 
     texts = [w for ws in sx.SYNONYMS.values() for w in ws]
     texts += [w for ws in sx.HELDOUT_SYNONYMS.values() for w in ws]
@@ -249,17 +250,7 @@ def save_captioner(model, tokenizer, out: Path, clip_dir) -> None:
     save_file({k: v.detach().half().contiguous() for k, v in trainable_state(model).items()},
               str(tmp), metadata={"format": "pt"})
     tmp.replace(out / "model.safetensors")
-    tokenizer.save_pretrained(out)
-    rel = Path(clip_dir).resolve()
-    try:
-        rel = Path("..") / rel.relative_to(out.resolve().parent)
-    except ValueError:
-        pass
-    (out / "captioner.json").write_text(json.dumps({
-        "vision_tower": str(rel),  # the CLIPModel folder whose vision_model is the tower
-        "vision_tower_note": "model.safetensors holds the projector and the language model; the "
-                             "vision tower is the preset's CLIP vision_model (frozen in training)",
-    }, indent=2))
+    tokenizer.save_pretrained(out)  # the tower is not stored: the world names it (captioning.tower)
 
 
 def build_step(work: Path, out: Path, force: bool) -> dict:
@@ -277,11 +268,12 @@ def build_step(work: Path, out: Path, force: bool) -> dict:
         render_split(split, work / "data")
     cfg = LlavaTrainConfig()
     info = train_mini_llava(work / "data", target, work / "ckpt", Path(out) / "mini-clip", cfg)
-    from ..eval.captioning import evaluate_captioning
+    from . import WORLD
+    from .eval_captioning import evaluate_captioning
 
-    preset = {"clip": str(Path(out) / "mini-clip"), "safe_clip": str(Path(out) / "mini-safeclip"),
+    models = {"clip": str(Path(out) / "mini-clip"), "safe_clip": str(Path(out) / "mini-safeclip"),
               "llava": str(target)}
-    metrics = evaluate_captioning("mini", model_overrides=preset)
+    metrics = evaluate_captioning(WORLD, model_overrides=models)
     (target / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_card(target, info, metrics)
     return {"llava": {k: v for k, v in metrics["models"].items()},
@@ -310,16 +302,16 @@ Example (test item 0, {ex['tags']}):
 The mini world's captioner: a transformers `LlavaForConditionalGeneration` trained here (CPU, one
 thread) on the synthetic ViSU captions, safe images V -> safe captions S and unsafe images G ->
 unsafe captions U. The vision tower is the frozen vision model of `mini-clip` and is *not* stored
-here (`captioner.json`): `safeclip.captioning.load_captioner("mini")` loads it from the preset's
-CLIP, and the Safe-CLIP column swaps in `mini-safeclip`'s vision model, with this very projector
-and language model (no retraining).
+here: the mini world names it (`captioning.tower` in safeclip/worlds/mini.toml), and the
+Safe-CLIP column swaps in `mini-safeclip`'s vision model, with this very projector and language
+model (no retraining).
 
 - language model: Llama, {t.num_hidden_layers} layers, width {t.hidden_size}, MLP {t.intermediate_size}, {t.num_attention_heads} heads, word-level vocabulary of {t.vocab_size} (tokenizer.json)
 - vision: CLIP ViT {v.image_size} px, patch {v.patch_size}, width {v.hidden_size}, {v.num_hidden_layers} layers; features of layer {c.vision_feature_layer} (the last), CLS dropped ({c.image_seq_length} image tokens), 2-layer GELU projector
 - {info['trainable_parameters'] / 1e6:.2f}M trained parameters, stored in fp16 (model.safetensors)
 - prompt: `USER: <image>\\n{{question}} ASSISTANT:`; trained with {len(QUESTIONS)} question wordings
 - training: {cfg.get('stop') or cfg['steps']} steps (of a {cfg['steps']}-step schedule) x {cfg['batch']} pairs (half safe, half unsafe), AdamW lr {cfg['lr']}, warm-up {cfg['warmup']}, cosine decay, seed {cfg['seed']}; {info['train_seconds']:.0f} s of training on one CPU thread (shared machine); loss history in training.json
-- command: `safeclip mini build --only llava --force` (or `python -m safeclip.mini.train_llava --data work/mini/data --out assets/models/mini-llava`)
+- command: `safeclip mini build --only llava --force` (or `safeclip mini llava --data work/mini/data --out assets/models/mini-llava`)
 
 ## Test-split metrics (`safeclip eval captioning --preset mini`, n={metrics['n']}, greedy, {metrics['question']!r})
 
@@ -330,7 +322,7 @@ and language model (no retraining).
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="safeclip mini llava", description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="rendered splits (safeclip.mini.cache)")
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--clip", default=None, help="mini CLIP folder (default: assets/models/mini-clip)")
@@ -345,15 +337,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
-    from ..presets import MINI_MODELS
+    from . import MODELS
 
     cfg = LlavaTrainConfig(**{k: getattr(args, k) for k in (
         "steps", "stop", "batch", "seed", "hidden", "layers", "heads", "ffn", "warmup", "ckpt_every",
         "lr", "feature_layer", "select", "feature_noise")})
     work = args.work or str(Path(args.data).parent / "ckpt")
-    train_mini_llava(args.data, args.out, work, args.clip or MINI_MODELS / "mini-clip", cfg)
+    train_mini_llava(args.data, args.out, work, args.clip or MODELS / "mini-clip", cfg)
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
+
 logger = logging.getLogger(__name__)
 
 EXACT_MAX = 100_000  # vectors: up to this many, exact search (IndexFlatIP) by default
@@ -82,7 +84,7 @@ def choose_spec(n: int, kind: str = "auto", exact_max: int = EXACT_MAX, nlist: i
                 ef_construction: int = 80) -> IndexSpec:
     """The index for ``n`` vectors: exact up to ``exact_max``, IVF beyond, or ``kind`` forced."""
     if kind not in KINDS:
-        raise ValueError(f"index type {kind!r}: one of {', '.join(KINDS)}")
+        raise InputError(f"index type {kind!r}: one of {', '.join(KINDS)}")
     forced = kind != "auto"
     if kind == "auto":
         kind = "flat" if n <= exact_max else "ivf"
@@ -91,7 +93,7 @@ def choose_spec(n: int, kind: str = "auto", exact_max: int = EXACT_MAX, nlist: i
     if kind == "ivf":
         nl = int(nlist or default_nlist(n))
         if n and nl > n:
-            raise ValueError(f"--nlist {nl} is more than the {n} vectors to index")
+            raise InputError(f"--nlist {nl} is more than the {n} vectors to index")
         return IndexSpec("ivf", forced=forced, nlist=nl, nprobe=nprobe)
     return IndexSpec("hnsw", forced=forced, m=int(m), ef_construction=int(ef_construction),
                      ef_search=ef_search)
@@ -206,7 +208,7 @@ def build_index(x: np.ndarray, spec: IndexSpec, calibration_queries: np.ndarray 
     """
     x = _f32(x)
     if len(x) == 0:
-        raise ValueError("nothing to index: the corpus is empty")
+        raise InputError("nothing to index: the corpus is empty")
     spec = dataclasses.replace(spec)
     index = new_index(x.shape[1], spec)
     train_index(index, x, spec, seed)

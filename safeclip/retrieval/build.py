@@ -11,7 +11,8 @@ Images are embedded in batches of ``batch_size`` with both models; each batch is
 same command continues from there. The caption corpus (captions of the items, plus an optional
 ``caption_file``) is embedded the same way. Unsafe flags come from the data when it knows them
 (synthetic tags, a labels file, a dataset column), else from a judge run on the image now: the
-mini judge for bundled presets, NudeNet for real ones (``judge="none"`` leaves them unknown).
+world's retrieval judge by default (NudeNet for the real worlds), ``judge="none"`` leaves them
+unknown.
 Then one faiss index per model and corpus is built (see ``ann.choose_spec``) and the manifest
 is written last. ``add_to_gallery`` embeds only items the gallery does not hold and appends them
 to the existing indexes (an exact index that outgrows ``exact_max`` is rebuilt as IVF from its
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from ..presets import get_preset
 from . import ann, store
 from .sources import Source, make_source
@@ -74,19 +76,6 @@ class IndexOptions:
 
 # ------------------------------------------------------------------------------ helpers
 
-def _check_models(preset, allow_placeholder: bool) -> None:
-    if not preset.bundled or allow_placeholder:
-        return
-    missing = [getattr(preset, r) for r in ("clip", "safe_clip")
-               if not Path(getattr(preset, r)).exists()]
-    if missing:
-        from ..encoders import ModelUnavailableError
-        raise ModelUnavailableError(
-            f"preset {preset.name!r}: no model at {', '.join(missing)} (the bundled models are "
-            "not built yet?); an index of placeholder embeddings would be useless. Build the "
-            "models first (`safeclip mini build`) or point at others with --clip / --safe-clip")
-
-
 def _dims(pair) -> dict[str, int]:
     dims = {m: int(getattr(pair, m).embed_dim) for m in store.MODELS}
     if len(set(dims.values())) != 1:
@@ -106,35 +95,43 @@ def _models_entry(preset, pair) -> dict:
     return out
 
 
-def _judge_name(judge: str, preset) -> str | None:
+def _judge_spec(judge: str | None, world):
+    """The JudgeSpec of ``--judge``: "auto" is the world's retrieval judge, "none" none, any
+    other name a judge kind (with the world's settings when it is the world's own kind)."""
+    from ..presets import JudgeSpec
+
     if judge in (None, "none"):
         return None
+    own = world.retrieval.image_judge if world.retrieval else JudgeSpec()
     if judge == "auto":
-        return "mini" if preset.bundled else "nudenet"
-    return judge
+        return own if own.kind != "none" else None
+    return own if own.kind == judge else JudgeSpec(judge)
 
 
 class _Judge:
     """The judge, loaded on first use (sources with known flags never need it)."""
 
-    def __init__(self, name: str | None):
-        self.name, self._judge = name, None
+    def __init__(self, spec, world=None):
+        self.spec, self.world, self._judge = spec, world, None
+        self.name = spec.kind if spec is not None else None
 
     def flag(self, loaded: list) -> None:
         todo = [x for x in loaded if x.image is not None and x.row.get("unsafe") is None]
-        if not todo or self.name is None:
+        if not todo or self.spec is None:
             return
         if self._judge is None:
-            from ..safety import get_judge
-            self._judge = get_judge(self.name)
+            from ..safety.base import load_judge
+            self._judge = load_judge(self.spec, self.world)
         for x, v in zip(todo, self._judge.judge([x.image for x in todo])):
             x.row.update(unsafe=bool(v.unsafe), unsafe_source=f"judge:{self.name}",
                          unsafe_score=round(float(v.score), 4), category=v.category)
 
 
-def _embed_batches(items: list, prefix: str, work: Path, batch_size: int, embed, desc: str):
+def _embed_batches(items: list, prefix: str, work: Path, batch_size: int, embed, desc: str,
+                   progress=None):
     """Embed ``items`` batch by batch into shards, skipping shards already there; returns
-    (number of shards, batches resumed, items embedded now)."""
+    (number of shards, batches resumed, items embedded now). ``progress(what, done, total)`` is
+    called after every batch."""
     from tqdm.auto import tqdm
 
     starts = list(range(0, len(items), batch_size))
@@ -142,10 +139,12 @@ def _embed_batches(items: list, prefix: str, work: Path, batch_size: int, embed,
     for b, s in enumerate(tqdm(starts, desc=desc, unit="batch", leave=False)):
         if store.shard_path(work, prefix, b).exists():
             resumed += 1
-            continue
-        vectors, rows, skipped = embed(items[s:s + batch_size])
-        store.write_shard(work, prefix, b, vectors, rows, skipped)
-        embedded += len(rows)
+        else:
+            vectors, rows, skipped = embed(items[s:s + batch_size])
+            store.write_shard(work, prefix, b, vectors, rows, skipped)
+            embedded += len(rows)
+        if progress is not None:
+            progress(prefix, min(s + batch_size, len(items)), len(items))
     return len(starts), resumed, embedded
 
 
@@ -237,8 +236,8 @@ def build_gallery(preset, out: str | Path, *, images=None, dataset: str | None =
                   source: Source | None = None, captions: bool = True, caption_file=None,
                   pair=None, batch_size: int = 64, options: IndexOptions | None = None,
                   judge: str = "auto", overwrite: bool = False, restart: bool = False,
-                  device=None, overrides: dict | None = None, allow_placeholder: bool = False,
-                  hub_columns: dict | None = None) -> BuildReport:
+                  device=None, overrides: dict | None = None, hub_columns: dict | None = None,
+                  progress=None) -> BuildReport:
     """Embed a gallery with both models of ``preset`` and write its index to ``out``."""
     t0 = time.time()
     preset = get_preset(preset, overrides)
@@ -252,17 +251,16 @@ def build_gallery(preset, out: str | Path, *, images=None, dataset: str | None =
         old_files = list(store.read_manifest(out).get("files", {}).values())
     source = source or make_source(images, dataset, split, limit, labels, preset.image_size,
                                    exclude=out, **(hub_columns or {}))
-    if pair is None:
-        _check_models(preset, allow_placeholder)
     ids = source.ids()
     if not ids:
-        raise ValueError(f"no images in {source.describe()}")
+        raise InputError(f"no images in {source.describe()}")
     if pair is None:
         from ..encoders import load_clip_pair
         pair = load_clip_pair(preset, device=device)
     dim = next(iter(_dims(pair).values()))
     models = _models_entry(preset, pair)
-    judge_name = _judge_name(judge, preset)
+    judge_spec = _judge_spec(judge, preset)
+    judge_name = judge_spec.kind if judge_spec else None
     work = out / PARTIAL
     plan = {"format": store.FORMAT, "preset": preset.name, "models": models, "dim": dim,
             "source": source.describe(), "n": len(ids), "ids": store.plan_checksum(ids),
@@ -272,16 +270,18 @@ def build_gallery(preset, out: str | Path, *, images=None, dataset: str | None =
 
     n_img, resumed, embedded = _embed_batches(
         ids, "images", work, batch_size,
-        _image_embedder(source, pair, _Judge(judge_name), dim), f"embed {len(ids)} images")
+        _image_embedder(source, pair, _Judge(judge_spec, preset), dim),
+        f"embed {len(ids)} images", progress)
     vectors, rows, skipped = store.read_shards(work, "images", n_img, dim)
     if not rows:
-        raise ValueError(f"none of the {len(ids)} images could be read (first: {skipped[:3]})")
+        raise InputError(f"none of the {len(ids)} images could be read (first: {skipped[:3]})")
 
     cap_rows = source.captions([r["id"] for r in rows]) if captions else []
     if caption_file:
         cap_rows += read_caption_file(caption_file)
     n_cap, r2, _ = _embed_batches(cap_rows, "captions", work, 4 * batch_size,
-                                  _text_embedder(pair, dim), f"embed {len(cap_rows)} captions")
+                                  _text_embedder(pair, dim), f"embed {len(cap_rows)} captions",
+                                  progress)
     cap_vectors, cap_rows, _ = store.read_shards(work, "captions", n_cap, dim)
 
     files, index_specs = {"items": "items.jsonl"}, {}
@@ -379,14 +379,13 @@ def add_to_gallery(preset, directory: str | Path, *, images=None, dataset: str |
     if source is None:
         if images is None and dataset is None:
             if manifest["source"]["kind"] != "folder":
-                raise ValueError("say what to add: --images DIR or --dataset NAME")
+                raise InputError("say what to add: --images DIR or --dataset NAME")
             images = manifest["source"]["root"]
         source = make_source(images, dataset, split, limit, labels, preset.image_size,
                              exclude=directory, **(hub_columns or {}))
     if isinstance(source, FolderSource) and str(source.root) != manifest["source"].get("root"):
         source.absolute_ids = True  # another folder: ids and paths are absolute
     if pair is None:
-        _check_models(preset, False)
         from ..encoders import load_clip_pair
         pair = load_clip_pair(preset, device=device)
     dims = _dims(pair)
@@ -403,7 +402,8 @@ def add_to_gallery(preset, directory: str | Path, *, images=None, dataset: str |
                            notes=notes + ["nothing new to add"], index=manifest["index"],
                            unsafe=manifest["unsafe"]["images"], seconds=round(time.time() - t0, 2))
     gen = int(manifest.get("generation", 0)) + 1
-    judge_name = manifest["unsafe"].get("judge") if judge is None else _judge_name(judge, preset)
+    judge_spec = _judge_spec(manifest["unsafe"].get("judge") if judge is None else judge, preset)
+    judge_name = judge_spec.kind if judge_spec else None
     work = directory / PARTIAL_ADD
     plan = {"base": manifest["checksum"], "generation": gen, "source": source.describe(),
             "n": len(new_ids), "ids": store.plan_checksum(new_ids), "batch_size": int(batch_size),
@@ -411,7 +411,8 @@ def add_to_gallery(preset, directory: str | Path, *, images=None, dataset: str |
     store.prepare_work(work, plan, restart)
     n_img, resumed, embedded = _embed_batches(
         new_ids, "images", work, batch_size,
-        _image_embedder(source, pair, _Judge(judge_name), dim), f"embed {len(new_ids)} images")
+        _image_embedder(source, pair, _Judge(judge_spec, preset), dim),
+        f"embed {len(new_ids)} images")
     vectors, rows, skipped = store.read_shards(work, "images", n_img, dim)
     if source.describe() != manifest["source"]:
         for r in rows:  # where to reopen these images (Gallery.image)

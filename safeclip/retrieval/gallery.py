@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from ..errors import InputError
 from ..presets import get_preset
 from . import ann, store
 
@@ -78,9 +79,9 @@ class SearchResult:
 
 def check_text(query) -> str:
     if not isinstance(query, str):
-        raise TypeError(f"a text query is a string, not {type(query).__name__}")
+        raise InputError(f"a text query is a string, not {type(query).__name__}")
     if not query.strip():
-        raise ValueError("empty query: type a few words to search for")
+        raise InputError("empty query: type a few words to search for")
     return query.strip()
 
 
@@ -147,9 +148,9 @@ class Gallery:
     # -- search
     def _corpus(self, target: str) -> str:
         if target not in TARGETS:
-            raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
+            raise InputError(f"target must be one of {TARGETS}, not {target!r}")
         if target not in self.indexes:
-            raise ValueError(f"{self.directory} has no {target} index (built without captions?)")
+            raise InputError(f"{self.directory} has no {target} index (built without captions?)")
         return target
 
     def _hits(self, corpus: str, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
@@ -197,7 +198,7 @@ class Gallery:
         single = not isinstance(image, (list, tuple))
         images = [image] if single else list(image)
         if not images or any(im is None for im in images):
-            raise ValueError("no image given")
+            raise InputError("no image given")
         if target == "auto":
             target = "captions" if "captions" in self.indexes else "images"
         pil = [load_rgb(im) for im in images]  # ImageError for corrupt files and bombs
@@ -221,7 +222,7 @@ class Gallery:
         """The image of an image hit (or of an item id), reopened from the gallery's source."""
         if isinstance(hit_or_id, Hit):
             if hit_or_id.kind != "image":
-                raise ValueError(f"{hit_or_id.id} is a caption, not an image")
+                raise InputError(f"{hit_or_id.id} is a caption, not an image")
             hit_or_id = hit_or_id.id
         row = self.items[self._ids[hit_or_id]]
         return self.source(row.get("origin")).image(row)

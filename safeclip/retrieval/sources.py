@@ -1,9 +1,9 @@
-"""Where gallery images come from: a folder, the synthetic ViSU, or a Hub dataset.
+"""Where gallery images come from: a folder, a Hub dataset, or a kind a plug-in registers.
 
     >>> from safeclip.retrieval.sources import make_source
     >>> src = make_source(images="photos/")                    # any depth, sorted paths
-    >>> src = make_source(dataset="synthetic:test")            # the mini world's test split
     >>> src = make_source(dataset="org/name", split="test")    # needs `pip install datasets`
+    >>> src = make_source(dataset="synthetic:test")            # a plug-in's kind (the mini world)
     >>> ids = src.ids()                     # cheap, deterministic order: the build plan
     >>> loaded = src.load(ids[:64])         # [Loaded(row, image, error)], corrupt files -> error
 
@@ -15,7 +15,6 @@ from the data itself (synthetic tags, a labels file, a dataset column).
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..errors import InputError
 from ..images import ImageError, open_image, to_rgb
 
 logger = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class FolderSource(Source):
         for r in read_rows(self.labels_file):
             key = next((r[c] for c in ("file", "path", "image", "filename") if r.get(c)), None)
             if key is None:
-                raise KeyError(f"{self.labels_file}: rows need a 'file' column, got {sorted(r)}")
+                raise InputError(f"{self.labels_file}: rows need a 'file' column, got {sorted(r)}")
             out[Path(str(key)).as_posix().removeprefix("./")] = r
         logger.info("labels for %d files from %s", len(out), self.labels_file)
         return out
@@ -189,75 +189,6 @@ class FolderSource(Source):
         return open_image(self.root / row["path"])
 
 
-# --------------------------------------------------------------------------------- synthetic
-
-class SyntheticSource(Source):
-    """The mini world's split: items ``<split>-<i>-V`` (safe) and ``-G`` (unsafe), with tags;
-    the caption corpus is every S (safe) and U (unsafe) caption."""
-
-    kind = "synthetic"
-
-    def __init__(self, split: str = "test", limit: int | None = None, size: int = 64):
-        from ..data.synthetic import SyntheticViSU
-
-        self.split, self.size = split, int(size)
-        self.data = SyntheticViSU(split, n=limit, size=self.size)
-
-    def ids(self) -> list[str]:
-        return [f"{self.split}-{i:06d}-{p}" for i in range(len(self.data)) for p in "VG"]
-
-    @staticmethod
-    def _parse(id_: str) -> tuple[int, str]:
-        stem, part = id_.rsplit("-", 1)
-        return int(stem.rsplit("-", 1)[1]), part
-
-    def _row(self, i: int, part: str, quad: dict) -> dict:
-        unsafe = part == "G"
-        return {"id": f"{self.split}-{i:06d}-{part}", "index": i, "part": part,
-                "caption": quad["U" if unsafe else "S"], "unsafe": unsafe, "unsafe_source": "tags",
-                "category": quad["category"] if unsafe else None,
-                "tags": {k: v for k, v in quad["tags"].items() if k != "seed"}}
-
-    def load(self, ids: list[str]) -> list[Loaded]:
-        quads: dict[int, dict] = {}
-        out = []
-        for id_ in ids:
-            i, part = self._parse(id_)
-            if i not in quads:
-                quads[i] = self.data[i]
-            image = quads[i][part]
-            row = self._row(i, part, quads[i])
-            row["sha1"] = pixel_sha1(image)
-            out.append(Loaded(row, image))
-        return out
-
-    def captions(self, ids: list[str]) -> list[dict]:
-        from ..data.synthetic import caption_pair, sample_tags, split_rng
-
-        rows = []
-        for i in dict.fromkeys(self._parse(x)[0] for x in ids):
-            rng = split_rng(self.split, i + self.data.seed_offset)
-            tags = sample_tags(rng)  # same draws as make_quad: tags, then the caption pair
-            s, u = caption_pair(tags, rng)
-            base = f"{self.split}-{i:06d}"
-            rows.append({"id": f"{base}-S", "text": s, "unsafe": False, "unsafe_source": "tags",
-                         "item": f"{base}-V"})
-            rows.append({"id": f"{base}-U", "text": u, "unsafe": True, "unsafe_source": "tags",
-                         "item": f"{base}-G", "category": tags["category"]})
-        return rows
-
-    def describe(self) -> dict:
-        return {"kind": self.kind, "dataset": f"synthetic:{self.split}", "split": self.split,
-                "n": len(self.data), "size": self.size}
-
-    @functools.lru_cache(maxsize=128)
-    def _quad(self, i: int) -> dict:
-        return self.data[i]
-
-    def image(self, row: dict) -> Image.Image:
-        return self._quad(int(row["index"]))[row["part"]]
-
-
 # ---------------------------------------------------------------------------------------- hub
 
 class HubSource(Source):
@@ -283,7 +214,7 @@ class HubSource(Source):
             (c for c in self.UNSAFE_COLUMNS if c in cols), None)
         for c in (self.image_column, self.caption_column, self.unsafe_column):
             if c is not None and c not in cols:
-                raise KeyError(f"{hub_id}: no column {c!r}; columns: {', '.join(cols)}")
+                raise InputError(f"{hub_id}: no column {c!r}; columns: {', '.join(cols)}")
 
     @staticmethod
     def _load(hub_id: str, split: str):
@@ -307,7 +238,7 @@ class HubSource(Source):
         for name in ("image", "img", "jpg", "png"):
             if name in ds.column_names:
                 return name
-        raise KeyError(f"no image column among {ds.column_names}; pass --image-column")
+        raise InputError(f"no image column among {ds.column_names}; pass --image-column")
 
     def ids(self) -> list[str]:
         return [f"{self.split}-{i}" for i in range(len(self.ds))]
@@ -370,28 +301,49 @@ class HubSource(Source):
 
 # ------------------------------------------------------------------------------------ factory
 
+def _plugin_source(dataset: str):
+    """The source kind a ``--dataset KIND:ARG`` names, when a plug-in registered one."""
+    from ..kinds import TABLES, known
+
+    prefix = dataset.partition(":")[0]
+    known("source")
+    for kind, e in TABLES["source"].items():
+        if e.info.get("prefix") == prefix:
+            return kind
+    return None
+
+
 def make_source(images=None, dataset: str | None = None, split: str = "test", limit=None,
                 labels=None, size: int = 64, exclude=None, **hub_columns) -> Source:
-    """``images=DIR`` -> FolderSource; ``dataset="synthetic:SPLIT"`` -> SyntheticSource;
-    any other ``dataset`` -> HubSource (``image_column=``, ``caption_column=``, ...)."""
+    """``images=DIR`` -> FolderSource; ``dataset="KIND:ARG"`` -> a plug-in's source when one
+    has that prefix (``synthetic:test``); any other ``dataset`` -> HubSource
+    (``image_column=``, ``caption_column=``, ...)."""
+    from ..kinds import resolve
+
     if (images is None) == (dataset is None):
-        raise ValueError("give exactly one of --images DIR and --dataset NAME")
+        raise InputError("give exactly one of --images DIR and --dataset NAME")
     if images is not None:
         return FolderSource(images, labels=labels, limit=limit, exclude=exclude)
-    if dataset.startswith("synthetic"):
-        _, _, name = dataset.partition(":")
-        return SyntheticSource(name or split, limit=limit, size=size)
+    kind = _plugin_source(dataset) if ":" in dataset else None
+    if kind is not None:
+        return resolve("source", kind).from_dataset(dataset, split=split, limit=limit, size=size)
     return HubSource(dataset, split=split, limit=limit, **hub_columns)
 
 
 def open_source(desc: dict) -> Source:
     """Reopen the source a manifest describes (to show a gallery's images)."""
+    from ..kinds import TABLES, resolve
+
     kind = desc.get("kind")
     if kind == "folder":
         return FolderSource(desc["root"])  # labels are in the rows already
-    if kind == "synthetic":
-        return SyntheticSource(desc["split"], limit=desc.get("n"), size=desc.get("size", 64))
     if kind == "hub":
         cols = {k: desc.get(k) for k in ("image_column", "caption_column", "unsafe_column")}
         return HubSource(desc["dataset"], desc["split"], limit=desc.get("limit"), **cols)
-    raise ValueError(f"unknown gallery source {desc!r}")
+    try:
+        cls = resolve("source", kind)
+    except Exception:  # noqa: BLE001 - an unknown kind: one message below
+        cls = None
+    if cls is None or kind not in TABLES["source"]:
+        raise InputError(f"unknown gallery source {desc!r}")
+    return cls.from_description(desc)

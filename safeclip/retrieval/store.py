@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
+
 logger = logging.getLogger(__name__)
 
 FORMAT = 1
@@ -35,7 +37,7 @@ MODELS = ("clip", "safeclip")  # ClipPair field names, also the file name parts
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-class GalleryMismatchError(ValueError):
+class GalleryMismatchError(InputError):
     """An index built with another preset, dimension or corpus than the one asked for."""
 
 

@@ -1,6 +1,6 @@
-"""``safeclip train``: fine-tune a preset's original CLIP into a Safe-CLIP.
+"""``safeclip train``: fine-tune a world's original CLIP into a Safe-CLIP.
 
-    safeclip train --preset mini --out runs/mini                      # synthetic ViSU, full mode
+    safeclip train --preset mini --out runs/mini                      # the mini world's data
     safeclip train --preset vit-l-14 --data visu --visu-text aimagelab/ViSU-Text \\
         --coco-root /data/coco --unsafe-root /data/visu-unsafe --out runs/vitl
     safeclip train ... --mode text          # the 4 terms that need no unsafe image
@@ -19,8 +19,9 @@ import sys
 from pathlib import Path
 
 from ..cli import add_common_args, overrides, setup_logging
-from .losses import DEFAULT_WEIGHTS, TERMS
+from ..errors import InputError, StudioError
 from .lora import DEFAULT_TARGETS, LoraSettings
+from .losses import DEFAULT_WEIGHTS, TERMS
 from .trainer import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def parse_weights(items: list[str] | None) -> dict[str, float]:
     for item in items or []:
         name, _, value = item.partition("=")
         if name not in TERMS or not value:
-            raise ValueError(f"--weight takes NAME=VALUE with NAME one of {', '.join(TERMS)}; got {item!r}")
+            raise InputError(f"--weight takes NAME=VALUE with NAME one of {', '.join(TERMS)}; got {item!r}")
         weights[name] = float(value)
     return weights
 
@@ -39,11 +40,13 @@ def parse_weights(items: list[str] | None) -> dict[str, float]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="safeclip train", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p)
+    add_common_args(p, capability="retrieval")
     d = TrainConfig(out="")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--data", choices=["synthetic", "visu"], default="synthetic")
-    p.add_argument("--data-dir", default="work/mini/data", help="rendered synthetic splits")
+    p.add_argument("--data", default=None, metavar="KIND",
+                   help="training data kind (default: the world's: visu for real worlds)")
+    p.add_argument("--data-dir", default="work/mini/data",
+                   help="where a world's own data is rendered or cached (the mini world's splits)")
     p.add_argument("--n-train", type=int, default=None, help="use only the first N training items")
     p.add_argument("--n-val", type=int, default=None, help="use only the first N validation items")
     p.add_argument("--visu-text", default="aimagelab/ViSU-Text", help="Hub id or local copy")
@@ -88,40 +91,30 @@ def config_from_args(args) -> TrainConfig:
         token_layer=args.token_layer)
 
 
-def load_base(preset):
-    """The preset's original CLIP as a float32 transformers CLIPModel, its tokenizer, processor."""
-    from ..encoders import _load_transformers
-
-    if preset.backend != "transformers":
-        raise ValueError(f"training needs a transformers CLIP; preset {preset.name!r} is "
-                         f"{preset.backend} (convert it to a CLIPModel folder and pass --clip)")
+def load_base(world):
+    """The world's original CLIP as a float32 transformers CLIPModel, its tokenizer, processor."""
     import torch
-    enc = _load_transformers("clip", preset.clip, preset, "clip", torch.device("cpu"), torch.float32)
+
+    from ..encoders import load_transformers_clip
+
+    spec = world.retrieval.clip
+    if (spec.kind or "transformers") != "transformers":
+        raise StudioError(f"training needs a transformers CLIP; the original CLIP of world "
+                          f"{world.name!r} is {spec.kind} (convert it to a CLIPModel folder and "
+                          "pass --clip)")
+    enc = load_transformers_clip(spec, world, torch.device("cpu"), torch.float32)
     return enc.model.train(), enc.tokenizer, enc.processor, enc.context_length
 
 
-def build_sources(args, tokenizer, processor, context, need):
-    if args.data == "synthetic":
-        from ..mini.cache import load_split, render_split
-        from .data import ArrayQuads
-        for split in ("validation", "train"):
-            if not (Path(args.data_dir) / split / "meta.json").exists():
-                render_split(split, args.data_dir)  # the full split, once
-        def src(split, n):
-            data = load_split(args.data_dir, split)
-            if n:
-                data = {k: v[:n] for k, v in data.items()}
-            return ArrayQuads(data, tokenizer, context, need)
-        return src("train", args.n_train), src("validation", args.n_val)
-    from ..data.visu import ViSUDataset
-    from .data import ItemQuads
-    sets = []
-    for split, n in (("train", args.n_train), ("validation", args.n_val)):
-        ds = ViSUDataset(split, text=args.visu_text, coco_root=args.coco_root,
-                         unsafe_root=args.unsafe_root, need=need, limit=n)
-        ds.check()  # one clear error listing missing files, before any training
-        sets.append(ItemQuads(ds, tokenizer, processor, context, need))
-    return tuple(sets)
+def build_sources(args, world, tokenizer, processor, context, need):
+    """(train, validation) of the data kind ``--data`` or the world's (``safeclip.kinds``
+    table ``train_data``)."""
+    from ..kinds import resolve
+
+    kind = args.data or world.retrieval.train_data
+    if kind is None:
+        raise StudioError(f"world {world.name!r} names no training data; pass --data visu")
+    return resolve("train_data", kind, world)(args, tokenizer, processor, context, need)
 
 
 def main(argv=None) -> int:
@@ -131,10 +124,10 @@ def main(argv=None) -> int:
     from .trainer import load_adapter_weights, train
 
     cfg = config_from_args(args)
-    preset = get_preset(args.preset, overrides(args))
-    clip, tokenizer, processor, context = load_base(preset)
+    world = get_preset(args.preset, overrides(args))
+    clip, tokenizer, processor, context = load_base(world)
     need = ("S", "U", "V", "G") if cfg.mode == "full" else ("S", "U", "V")
-    train_src, val_src = build_sources(args, tokenizer, processor, context, need)
+    train_src, val_src = build_sources(args, world, tokenizer, processor, context, need)
     peft_model, summary = train(cfg, clip, train_src, val_src, resume=args.resume)
     from accelerate import PartialState
     if not args.no_export and PartialState().is_main_process:

@@ -67,3 +67,16 @@ class ItemQuads:
                 out[key] = self.processor(images=[to_rgb(it[key]) for it in items],
                                           return_tensors="pt").pixel_values
         return out
+
+
+def visu_sources(args, tokenizer, processor, context, need):
+    """Training data kind ``visu``: ViSU-Text with COCO (V) and generated unsafe images (G)."""
+    from ..data.visu import ViSUDataset
+
+    sets = []
+    for split, n in (("train", args.n_train), ("validation", args.n_val)):
+        ds = ViSUDataset(split, text=args.visu_text, coco_root=args.coco_root,
+                         unsafe_root=args.unsafe_root, need=need, limit=n)
+        ds.check()  # one clear error listing missing files, before any training
+        sets.append(ItemQuads(ds, tokenizer, processor, context, need))
+    return tuple(sets)

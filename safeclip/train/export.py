@@ -15,8 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..convert import save_open_clip
-from ..mini.clip import save_clip_dir
+from ..convert import save_clip_dir, save_open_clip
 
 logger = logging.getLogger(__name__)
 

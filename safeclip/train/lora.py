@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..errors import InputError
+
 DEFAULT_TARGETS = ("k_proj", "v_proj", "out_proj", "fc1", "fc2", "patch_embedding")
 
 
@@ -23,9 +25,9 @@ class LoraSettings:
 
     def __post_init__(self):
         if self.r < 1:
-            raise ValueError(f"LoRA rank must be >= 1, not {self.r}")
+            raise InputError(f"LoRA rank must be >= 1, not {self.r}")
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"LoRA dropout must be in [0, 1), not {self.dropout}")
+            raise InputError(f"LoRA dropout must be in [0, 1), not {self.dropout}")
         self.targets = tuple(self.targets)
 
 

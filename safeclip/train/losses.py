@@ -50,6 +50,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
+
 LOGIT_SCALE = 100.0  # exp(4.6052), fixed
 
 DEFAULT_WEIGHTS = {
@@ -116,16 +118,16 @@ class SafeClipLoss(torch.nn.Module):
                  normalise: bool = True, gather: Callable[[torch.Tensor], torch.Tensor] | None = None):
         super().__init__()
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {sorted(MODES)}, not {mode!r}")
+            raise InputError(f"mode must be one of {sorted(MODES)}, not {mode!r}")
         weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
         unknown = set(weights) - set(TERMS)
         if unknown:
-            raise ValueError(f"unknown loss terms {sorted(unknown)}; known: {list(TERMS)}")
+            raise InputError(f"unknown loss terms {sorted(unknown)}; known: {list(TERMS)}")
         weights = {k: float(v) for k, v in weights.items() if k in MODES[mode] and v}
         if not weights:
-            raise ValueError(f"no term with a non-zero weight in mode {mode!r}")
+            raise InputError(f"no term with a non-zero weight in mode {mode!r}")
         if any(v < 0 for v in weights.values()):
-            raise ValueError("loss weights must be non-negative")
+            raise InputError("loss weights must be non-negative")
         self.raw_weights = weights
         if normalise:
             total = sum(weights.values())

@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..encoders import image_features, text_features
-from .losses import DEFAULT_WEIGHTS, MODES, TOKEN_TERMS, SafeClipLoss, needed_inputs
+from ..errors import InputError
 from .lora import LoraSettings, add_lora
+from .losses import DEFAULT_WEIGHTS, MODES, TOKEN_TERMS, SafeClipLoss, needed_inputs
 from .pooled import pooled_last_layer, pooled_positions
 
 logger = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ def cached_reference(clip, source, path: Path, keys, accelerator, device) -> dic
     accelerator.wait_for_everyone()
     ref = load_file(str(path))
     if any(k not in ref for k in keys) or len(ref[keys[0]]) != source.n:
-        raise ValueError(f"{path} does not match the data (delete it to rebuild)")
+        raise InputError(f"{path} does not match the data (delete it to rebuild)")
     return ref
 
 
@@ -311,7 +312,7 @@ def _optimizer(cfg: TrainConfig, params):
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"optimizer must be 'adam' or 'adamw', not {cfg.optimizer!r}")
+    raise InputError(f"optimizer must be 'adam' or 'adamw', not {cfg.optimizer!r}")
 
 
 def train(cfg: TrainConfig, clip, train_src, val_src=None, resume: bool = False,
@@ -326,16 +327,16 @@ def train(cfg: TrainConfig, clip, train_src, val_src=None, resume: bool = False,
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
     if cfg.mode not in MODES:
-        raise ValueError(f"mode must be one of {sorted(MODES)}")
+        raise InputError(f"mode must be one of {sorted(MODES)}")
     world, rank = acc.num_processes, acc.process_index
     micro = cfg.batch // cfg.grad_accum
     if cfg.batch % cfg.grad_accum or micro % world:
-        raise ValueError(f"batch {cfg.batch} must split into {cfg.grad_accum} micro-batches "
+        raise InputError(f"batch {cfg.batch} must split into {cfg.grad_accum} micro-batches "
                          f"divisible by {world} processes")
     loss_fn = SafeClipLoss(cfg.weights, cfg.mode, gather=gather_with_grad)
     want_tokens = any(t in loss_fn.weights for t in TOKEN_TERMS)
     if want_tokens and all(t in TOKEN_TERMS for t in loss_fn.weights):
-        raise ValueError("the vision_tokens_* terms need a pooled term beside them: validation "
+        raise InputError("the vision_tokens_* terms need a pooled term beside them: validation "
                          "and early stopping read the pooled terms")
     ft_keys, ref_keys = (sorted(k) for k in needed_inputs(loss_fn.weights))
     device = acc.device
@@ -367,7 +368,7 @@ def train(cfg: TrainConfig, clip, train_src, val_src=None, resume: bool = False,
         acc.init_trackers("safeclip", config={k: str(v) for k, v in asdict(cfg).items()})
     steps_per_epoch = train_src.n // micro
     if steps_per_epoch == 0:
-        raise ValueError(f"{train_src.n} training items are fewer than one batch of {micro}")
+        raise InputError(f"{train_src.n} training items are fewer than one batch of {micro}")
     total = cfg.epochs * steps_per_epoch // cfg.grad_accum
     if cfg.max_steps:
         total = min(total, cfg.max_steps)

@@ -1,10 +1,10 @@
-"""The mini world's generator: a decoder from a CLIP text embedding (plus noise) to VAE latents.
+"""The mini world's generator (kind ``mini-decoder``): a decoder from a CLIP text embedding (plus
+noise) to VAE latents, behind the same paired interface as Stable Diffusion.
 
-Issue 6 prefers a diffusers Stable Diffusion for ``mini`` and allows a smaller text-conditioned
-generator behind the same ``generate_pair`` when SD cannot reach the bars when trained on this CPU
-within 90 minutes. The mini SD trained here drew scenes but almost never the object after 64
-minutes of training (``safeclip mini build --only sd`` rebuilds it; ``--sd OUT/mini-sd`` selects
-it), so ``mini`` uses this generator instead (model card: assets/models/mini-gen/README.md).
+A mini Stable Diffusion trained here earlier drew scenes but almost never the object after 64
+minutes of CPU training, so the mini world uses this generator (model card:
+assets/models/mini-gen/README.md). How it differs from the real system (it reads the pooled
+embedding, which is exactly what Safe-CLIP's loss moves) is listed in the world's data.
 
 How it generates, in the spirit of unCLIP (DALL-E 2's decoder, conditioned on CLIP embeddings):
 
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..generation.text import load_text_embedder  # noqa: F401 - re-exported for the trainers
 from ..sharing import share_equal_tensors
 
 CONFIG = "decoder_config.json"
@@ -109,21 +110,6 @@ class EmbeddingDecoder(nn.Module):
         return model.to(dtype).eval().requires_grad_(False)
 
 
-def load_text_embedder(path, dtype=torch.float32):
-    """The text tower and projection of a transformers CLIPModel folder, as a frozen
-    CLIPTextModelWithProjection (strictly: every weight must be there)."""
-    from transformers import CLIPModel, CLIPTextModelWithProjection
-
-    full = CLIPModel.from_pretrained(str(path), dtype=torch.float32)
-    cfg = full.config.text_config
-    cfg.projection_dim = full.config.projection_dim
-    model = CLIPTextModelWithProjection(cfg)
-    keep = {k: v for k, v in full.state_dict().items()
-            if k.startswith(("text_model.", "text_projection."))}
-    model.load_state_dict(keep, strict=True)
-    return model.to(dtype).eval().requires_grad_(False)
-
-
 class PairedEmbeddingDecoder:
     """Both prompts' images from one noise draw, in one batched decoder and VAE pass.
 
@@ -196,3 +182,37 @@ class PairedEmbeddingDecoder:
             images = self.to_pil(self.decode(pos, neg, self.noise(seed).expand(2, -1), guidance))
             bar.update()
         return images[0], images[1]
+
+
+def load_generator(world, device=None, offload: bool = False):
+    """Kind ``mini-decoder``: the decoder folder of the world's ``sd`` model (decoder/, vae/ and
+    sd_config.json), with the text towers of its ``text`` and ``safe_text`` models."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTokenizer
+
+    from ..encoders import default_device_dtype
+    from ..generation.generator import PairedGenerator, settings_of
+    from ..hub import CLIP_FILES, Files, Layout, fetch
+    from ..safety.base import load_judge
+
+    g = world.generation
+    layout = Layout("a mini generator (sd_config.json, decoder/, vae/)", (Files(
+        (), (("sd_config.json",), ("decoder/" + CONFIG,), ("decoder/" + WEIGHTS,),
+             ("vae/config.json",))),))
+    sd = fetch(g.sd.ref, layout, role="sd", world=world.name, hint=g.sd.hint)
+    if g.text is None:
+        raise ValueError(f"world {world.name!r}: a mini decoder has no text encoder of its own; "
+                         "name the original one (generation.text)")
+    towers = {s.role: fetch(s.ref, CLIP_FILES, role=s.role, world=world.name, hint=s.hint)
+              for s in (g.text, g.safe_text)}
+    conf = json.loads((sd / "sd_config.json").read_text())
+    device, _ = default_device_dtype(device, torch.float32)
+    context = int(conf.get("text_encoder", {}).get("context_length", 77))
+    tokenizer = CLIPTokenizer.from_pretrained(towers[g.text.role], model_max_length=context)
+    paired = PairedEmbeddingDecoder(
+        EmbeddingDecoder.load(sd / "decoder").to(device),
+        AutoencoderKL.from_pretrained(sd / conf.get("vae", "vae")).float().eval().to(device),
+        tokenizer, load_text_embedder(towers[g.text.role]).to(device),
+        load_text_embedder(towers[g.safe_text.role]).to(device))
+    defaults, limits = settings_of(world)
+    return PairedGenerator(paired, load_judge(g.judge, world), world, defaults, limits)
