@@ -23,7 +23,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default=env("SAFECLIP_PRESET", "auto"),
                    choices=["auto", *list_presets()],
-                   help="auto (default): a real preset when its weights are reachable, else mini")
+                   help="auto (default): a real world when its weights are reachable, else the "
+                        "offline one")
     p.add_argument("--gallery", default=env("SAFECLIP_GALLERY"),
                    help="index built with `safeclip index build` (default: the world's gallery)")
     p.add_argument("--gallery-dataset", default=env("SAFECLIP_GALLERY_DATASET"),

@@ -28,10 +28,11 @@ class AppProcess:
     returns once the page answers (or raises with the log's tail)."""
 
     def __init__(self, args=(), script: str | Path = ROOT / "app.py", log: str | Path | None = None,
-                 env: dict | None = None, timeout: float = 240.0):
+                 env: dict | None = None, timeout: float = 240.0, cwd: str | Path | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.script, self.args, self.timeout = str(script), list(args), timeout
+        self.cwd = Path(cwd) if cwd else ROOT
         tmp = Path(os.environ.get("TMPDIR", "/tmp"))
         self.log = Path(log) if log else tmp / f"app-{self.port}.log"
         self.env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
@@ -44,7 +45,7 @@ class AppProcess:
         self._out = out = open(self.log, "w")  # noqa: SIM115 - the child writes to it until stop()
         self.started = time.perf_counter()
         self.proc = subprocess.Popen([sys.executable, self.script, *self.args, "--port",
-                                      str(self.port)], cwd=ROOT, env=self.env, stdout=out,
+                                      str(self.port)], cwd=self.cwd, env=self.env, stdout=out,
                                      stderr=subprocess.STDOUT)
         while time.perf_counter() - self.started < self.timeout:
             if self.proc.poll() is not None:

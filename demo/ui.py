@@ -178,7 +178,7 @@ def _generation_tab(s, world) -> None:
         with gr.Row():
             seed = Number(0, label=lim["seed"].label, precision=0, minimum=lim["seed"].lo,
                           maximum=lim["seed"].hi, elem_id="generation-seed")
-            gen_name = "Stable Diffusion" if uses_steps else "Mini generator"
+            gen_name = world.generation.label
             # a one-pass generator has no steps to choose
             steps = slider(lim["steps"], d["steps"], visible=uses_steps)
             guidance = slider(lim["guidance"], d["guidance"], info=None if uses_steps else

@@ -33,6 +33,8 @@ COMMANDS = {
                  "one prompt, two images: original and Safe-CLIP text encoder"),
     "caption": ("safeclip.captioning.cli:main",
                 "one image, two captions: original and Safe-CLIP vision tower"),
+    "download": ("safeclip.download:main",
+                 "fetch every model of a world where there is network (for offline use)"),
 }
 
 

@@ -109,6 +109,10 @@ def _override(role: str, ref: str) -> str:
             f"point at the right folder with {flag(role)} PATH or {env_var(role)}=PATH")
 
 
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def _who(role: str, world: str) -> str:
     return f"world {world!r}, {role}: the {ROLES[role][2]}"
 
@@ -132,7 +136,7 @@ def fetch(ref: str, layout: Layout, *, role: str, world: str, hint: str = "") ->
             where = "the mirror folder" if resolved != ref else "the folder"
             raise ModelUnavailableError(
                 f"{where} {local} ({who}) is not {layout.name}: it lacks {', '.join(lacks)}. "
-                f"{_override(role, ref).capitalize()}.")
+                f"{_sentence(_override(role, ref))}.")
         return local
     if is_path(ref):
         tip = f" ({hint})" if hint else ""
@@ -163,13 +167,14 @@ def fetch(ref: str, layout: Layout, *, role: str, world: str, hint: str = "") ->
         if fetched and reason is None:
             raise ModelUnavailableError(
                 f"downloaded {ref!r} from the Hugging Face Hub ({who}), but it holds no "
-                f"{', '.join(fetched[0])}: is it {layout.name}? {_override(role, ref).capitalize()}.")
+                f"{', '.join(fetched[0])}: is it {layout.name}? {_sentence(_override(role, ref))}.")
     cached = (f" The cached copy at {partial[0]} is incomplete (it lacks {', '.join(partial[1])})."
               if partial else "")
     raise ModelUnavailableError(
         f"model {ref!r} ({who}) is not on disk and could not be fetched from the Hugging Face "
-        f"Hub ({reason}).{cached} Download it where you have network and {_override(role, ref)}. "
-        f"The world {default_world()!r} works offline.")
+        f"Hub ({reason}).{cached} Download it where you have network (`safeclip download "
+        f"--preset {world} --out DIR`, then SAFECLIP_MODELS_DIR=DIR) or "
+        f"{_override(role, ref)}. The world {default_world()!r} works offline.")
 
 
 def _reason(e: Exception) -> str:

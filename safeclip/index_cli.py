@@ -28,7 +28,7 @@ def _source_args(p: argparse.ArgumentParser, required: bool) -> None:
     g = p.add_mutually_exclusive_group(required=required)
     g.add_argument("--images", type=Path, help="a folder of images (any depth)")
     g.add_argument("--dataset", help="a Hub dataset id, or KIND:SPLIT of a plug-in's source "
-                                     "(the mini world: synthetic:test)")
+                                     "(e.g. synthetic:test)")
     p.add_argument("--split", default="test", help="dataset split (default: test)")
     p.add_argument("--limit", type=int, default=None, help="index only the first N items")
     p.add_argument("--labels", type=Path, default=None,

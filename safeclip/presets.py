@@ -135,6 +135,7 @@ class Generation:
     examples: tuple[str, ...] = ()
     eval: str | None = None
     gpu_seconds: int = 60  # ZeroGPU duration of one call
+    label: str = "Stable Diffusion"  # what the UI calls the generator
 
 
 @dataclass(frozen=True)
@@ -391,27 +392,3 @@ def resolve_ref(ref: str) -> str:
         if candidate.exists():
             return str(candidate)
     return ref
-
-
-# -- generation settings, known without loading a model (the UI is built before) -------------
-def generation_settings(preset: str | Preset, overrides: dict | None = None) -> dict:
-    """``{"defaults", "limits", "uses_steps"}`` of a world's generator: the world's data, then
-    the generator folder's settings file (a JSON with ``defaults`` and ``limits``) when named."""
-    import json
-
-    from .kinds import kind_info
-
-    p = get_preset(preset, overrides)
-    g = p.generation
-    if g is None:
-        from .errors import StudioError
-        raise StudioError(f"world {p.name!r} has no generation")
-    defaults, limits = dict(g.defaults), dict(g.limits)
-    if g.settings_file:
-        f = Path(resolve_ref(g.sd.ref)) / g.settings_file
-        if f.is_file():
-            conf = json.loads(f.read_text())
-            defaults.update(conf.get("defaults", {}))
-            limits.update(conf.get("limits", {}))
-    info = kind_info("generator", g.kind, p)
-    return {"defaults": defaults, "limits": limits, "uses_steps": info.get("uses_steps", True)}

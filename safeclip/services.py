@@ -294,14 +294,10 @@ class Studio:
 
     # -- settings the UI shows before any model loads --------------------------------------
     def generation_settings(self) -> dict:
-        from .generation.generator import make_limits
-        from .kinds import kind_info
-        from .presets import generation_settings
+        from .generation.generator import generation_settings, make_limits
 
         s = generation_settings(self.preset)
-        info = kind_info("generator", self.preset.generation.kind, self.preset)
-        return {"defaults": s["defaults"], "limits": make_limits(s["limits"]),
-                "uses_steps": info.get("uses_steps", True)}
+        return {**s, "limits": make_limits(s["limits"])}
 
     def captioning_settings(self) -> dict:
         c = self.preset.captioning

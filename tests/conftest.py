@@ -29,10 +29,12 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Keep placeholder models and tokenizer files out of the user's cache."""
+    """Keep galleries and tokenizer files out of the user's cache; no model override leaks in."""
+    from safeclip.presets import ROLES
+
     monkeypatch.setenv("SAFECLIP_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    for var in ("SAFECLIP_CLIP", "SAFECLIP_SAFE_CLIP", "SAFECLIP_SD", "SAFECLIP_SAFE_SD",
-                "SAFECLIP_LLAVA", "SAFECLIP_MODELS_DIR"):
+    for var in [r[3] for r in ROLES.values()] + ["SAFECLIP_MODELS_DIR", "SAFECLIP_WORLDS",
+                                                   "SAFECLIP_GALLERY_DATASET"]:
         monkeypatch.delenv(var, raising=False)
 
 
@@ -85,3 +87,67 @@ def app_server(tmp_path_factory):
     app.start()
     yield app
     app.stop()
+
+
+REAL_WORLDS = ("vit-l-14", "vit-l-14-336", "vit-h-14")
+
+
+@pytest.fixture(scope="session")
+def standin_repos(tmp_path_factory):
+    """The tiny stand-ins of the real worlds' Hub repositories (tests/standins.py)."""
+    import standins
+
+    return standins.write_all(tmp_path_factory.getbasetemp() / "standins")
+
+
+@pytest.fixture(scope="session")
+def models_dir(standin_repos, tmp_path_factory):
+    """A ``SAFECLIP_MODELS_DIR`` as `safeclip download --out` leaves it: every model of the real
+    worlds fetched from a Hub of stand-ins with the loaders' own file patterns, and nothing more.
+    Also returns the fake Hub (its ``calls``: what each fetch asked for)."""
+    from fakehub import FakeHub
+
+    import safeclip.hub
+    from safeclip.download import download_world
+    from safeclip.presets import get_preset
+
+    base = tmp_path_factory.getbasetemp()
+    hub = FakeHub(standin_repos, base / "hf-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(safeclip.hub, "_snapshot", hub.snapshot)
+        mp.delenv("HF_HUB_OFFLINE", raising=False)
+        for var in ("SAFECLIP_MODELS_DIR", "SAFECLIP_CLIP", "SAFECLIP_SAFE_CLIP"):
+            mp.delenv(var, raising=False)
+        for name in REAL_WORLDS:
+            download_world(get_preset(name, use_env=False), base / "models")
+    return base / "models", hub
+
+
+@pytest.fixture(scope="session")
+def gallery_dataset(tmp_path_factory):
+    """A small image-caption data set as a Hub data set folder holds it (parquet), for the
+    default galleries of real worlds."""
+    import io
+
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.getbasetemp() / "gallery-dataset"
+    if (root / "data").exists():
+        return root
+    (root / "data").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = {"image": [], "caption": []}
+    words = ["a dog on the beach", "a cat on a sofa", "a red car in the street", "a cup of tea"]
+    for i in range(12):
+        im = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG")
+        rows["image"].append({"bytes": buf.getvalue(), "path": None})
+        rows["caption"].append([words[i % len(words)], "another caption"])
+    features = datasets.Features({"image": datasets.Image(),
+                                  "caption": datasets.Sequence(datasets.Value("string"))})
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(
+        str(root / "data" / "test-00000-of-00001.parquet"))
+    return root

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,3 +134,72 @@ def test_start_builds_in_the_background_and_reraises_errors():
     assert wait().preset.name == "mini"
     with pytest.raises(InputError, match="unknown world"):
         Studio.start("no-such-preset", warm=())()
+
+
+def test_a_mistyped_model_is_an_error_that_names_the_role_and_the_override(tmp_path):
+    typo = str(Path(__file__).resolve().parents[1] / "assets" / "models" / "mini-safeclp")
+    studio = Studio("mini", overrides={"safe_clip": typo})
+    with pytest.raises(StudioError) as e:
+        studio.search_text("a man holding a gun", 10)
+    msg = str(e.value)
+    assert "mini-safeclp" in msg and "Safe-CLIP" in msg and "--safe-clip PATH" in msg
+
+
+def test_the_default_gallery_is_built_once_in_the_background_and_reused(gallery_dataset,
+                                                                        tmp_path, monkeypatch,
+                                                                        tiny_dirs):
+    from safeclip.retrieval.default import DefaultGallery
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("SAFECLIP_CLIP", str(tiny_dirs["hf"]))
+    monkeypatch.setenv("SAFECLIP_SAFE_CLIP", str(tiny_dirs["hf"]))
+    studio = Studio("vit-l-14", gallery_dataset=str(gallery_dataset))
+    assert "built on first use" in studio.gallery_status()
+    studio.warm("gallery")  # what the app does at start: it returns at once
+    assert studio.gallery_status().startswith("Building the default gallery from")
+    with pytest.raises(StudioError, match="Searches work once it is done"):
+        studio.search_text("a dog", 3)
+    assert studio._default.wait(120), studio.gallery_status()
+    assert studio.gallery_status() is None
+    res = studio.search_text("a dog on the beach", 4)
+    assert len(res.results["clip"]) == 4 and res.results["clip"][0].text
+    folder = studio._default.dir
+    assert len(list((folder / "images").glob("*.jpg"))) == 12  # the data set's 12 rows
+    # the next start reuses the cache: nothing is downloaded or embedded again
+    monkeypatch.setattr(DefaultGallery, "_run", lambda self: pytest.fail("rebuilt"))
+    again = Studio("vit-l-14", gallery_dataset=str(gallery_dataset))
+    assert again.gallery_status() is None and again._default.dir == folder
+    assert len(again.search_text("a cat", 2).results["safeclip"]) == 2
+
+
+def test_a_world_without_a_capability_does_not_show_its_tab(tmp_path, monkeypatch):
+    import gradio as gr
+
+    from demo.ui import build_ui
+
+    mini = Path(__file__).resolve().parents[1] / "assets"
+    (tmp_path / "ret.toml").write_text(f'''
+name = "retrieval-only"
+description = "the mini CLIPs, nothing else"
+plugin = "safeclip.mini"
+[retrieval]
+clip = "{mini}/models/mini-clip"
+safe_clip = "{mini}/models/mini-safeclip"
+image_size = 64
+embed_dim = 128
+context_length = 32
+image_judge = {{ kind = "mini-judge", ref = "{mini}/models/mini-judge" }}
+gallery = "{mini}/gallery/mini"
+''')
+    monkeypatch.setenv("SAFECLIP_WORLDS", str(tmp_path))
+    studio = Studio("retrieval-only")
+    assert studio.capabilities == ["retrieval"]
+    demo = build_ui(studio)
+    tabs = [b.label for b in demo.blocks.values() if isinstance(b, gr.Tab)]
+    assert tabs == ["Retrieval", "Embedding space", "About"]
+    names = {d.api_name for d in demo.fns.values() if d.api_name}
+    assert {"search_text", "search_image", "embed_view"} <= names
+    assert not names & {"generate", "caption"}
+    with pytest.raises(StudioError, match="has no generation"):
+        studio.generate("a dog")

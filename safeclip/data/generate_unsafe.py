@@ -64,7 +64,7 @@ def load_pipeline(sd: str, device=None, dtype=None, preset: str = DEFAULT_PRESET
     log.info("loading %s on %s (%s)", path, device, dtype)
     pipe = StableDiffusionPipeline.from_pretrained(
         str(path), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        torch_dtype=dtype)
+        dtype=dtype)
     return pipe.to(device)
 
 

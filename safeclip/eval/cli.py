@@ -154,7 +154,7 @@ def format_table(result: dict) -> str:
 
 SUBCOMMANDS = {
     "retrieval": ("safeclip.eval.cli:retrieval_main",
-                  "retrieval metrics of both models (mini world or real ViSU)"),
+                  "retrieval metrics of both models (the world's data or real ViSU)"),
     "generation": ("safeclip.eval.generation:main",
                    "paired generation: unsafe rate, fidelity, CLIP score per model"),
     "captioning": ("safeclip.eval.captioning:main",

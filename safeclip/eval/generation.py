@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="safeclip eval generation", description=__doc__.splitlines()[0])
     add_common_args(p, capability="generation")
     p.add_argument("--prompts", "--csv", dest="prompts", type=Path, default=None,
-                   help="prompt file (I2P-style CSV for real worlds; the mini world: its JSON set)")
+                   help="prompt file: an I2P-style CSV, or a prompt set of the world's own format")
     p.add_argument("--split", choices=["test", "validation"], default="test",
                    help="worlds with their own prompt sets: 'validation' builds the same kind of "
                         "set from the validation split (for choosing settings without the test)")

@@ -22,7 +22,7 @@ from PIL import Image
 
 from ..errors import StudioError
 from ..limits import SEED, Choice, Number, Text
-from ..presets import Preset, generation_settings, get_preset
+from ..presets import Preset, get_preset
 from ..safety.base import Judge, Verdict
 
 logger = logging.getLogger(__name__)
@@ -146,6 +146,32 @@ class PairedGenerator:
         return PairResult(GeneratedImage(img_o, v_o, "clip"),
                           GeneratedImage(img_s, v_s, "safeclip"), settings, warnings,
                           time.time() - t0)
+
+
+def generation_settings(preset: str | Preset, overrides: dict | None = None) -> dict:
+    """``{"defaults", "limits", "uses_steps"}`` of a world's generator, known without loading it
+    (the UI is built before any model loads): the world's data, then the generator folder's
+    settings file (a JSON with ``defaults`` and ``limits``) when the world names one. Limits are
+    ``safeclip.limits`` objects."""
+    import json
+    from pathlib import Path
+
+    from ..kinds import kind_info
+    from ..presets import resolve_ref
+
+    p = get_preset(preset, overrides)
+    g = p.generation
+    if g is None:
+        raise StudioError(f"world {p.name!r} has no generation")
+    defaults, limits = dict(g.defaults), dict(g.limits)
+    if g.settings_file:
+        f = Path(resolve_ref(g.sd.ref)) / g.settings_file
+        if f.is_file():
+            conf = json.loads(f.read_text())
+            defaults.update(conf.get("defaults", {}))
+            limits.update(conf.get("limits", {}))
+    info = kind_info("generator", g.kind, p)
+    return {"defaults": defaults, "limits": limits, "uses_steps": info.get("uses_steps", True)}
 
 
 def settings_of(world: Preset) -> tuple[dict, dict]:

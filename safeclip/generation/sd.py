@@ -39,7 +39,7 @@ def load_sd_generator(world, device=None, offload: bool = False) -> PairedGenera
     if g.text is not None:  # the world names the original text encoder itself
         extra["text_encoder"] = text_encoder(g.text, world, dtype)
     pipe = StableDiffusionPipeline.from_pretrained(
-        path, torch_dtype=dtype, safety_checker=None, feature_extractor=None,
+        path, dtype=dtype, safety_checker=None, feature_extractor=None,
         requires_safety_checker=False, **extra)
     pipe.set_progress_bar_config(disable=True)
     safe = text_encoder(g.safe_text, world, dtype)

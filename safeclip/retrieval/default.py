@@ -72,7 +72,7 @@ class DefaultGallery:
     def status(self) -> str | None:
         """One line for the retrieval tab (None once the gallery is ready)."""
         s = self.source
-        what = f"{s.dataset} ({s.split}, the first {fmt(s.n)} images)"
+        what = f"{s.dataset} ({s.split}, up to {fmt(s.n)} images)"
         if self._state == "ready":
             return None
         if self._state == "idle":
@@ -117,7 +117,8 @@ class DefaultGallery:
         try:
             images, labels = self._download()
             from .build import build_gallery
-            self._state, self._done = "embedding", 0
+            n = len(labels.read_text(encoding="utf-8").splitlines())
+            self._state, self._done, self._total = "embedding", 0, n
             build_gallery(self.world, self.path, images=images, labels=labels, judge="auto",
                           overwrite=True, progress=self._progress)
             self._state = "ready"

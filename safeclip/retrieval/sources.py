@@ -222,8 +222,7 @@ class HubSource(Source):
             import datasets
         except ImportError:
             raise ImportError(f"--dataset {hub_id} needs the `datasets` package: pip install "
-                              "datasets (or save the images to a folder and pass --images DIR; "
-                              "'synthetic:test' is the offline mini-world split)") from None
+                              "datasets (or save the images to a folder and pass --images DIR)") from None
         try:
             return datasets.load_dataset(hub_id, split=split)
         except Exception as e:  # noqa: BLE001 - gated, offline, unknown: one readable message

@@ -45,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--data", default=None, metavar="KIND",
                    help="training data kind (default: the world's: visu for real worlds)")
-    p.add_argument("--data-dir", default="work/mini/data",
-                   help="where a world's own data is rendered or cached (the mini world's splits)")
+    p.add_argument("--data-dir", default=None,
+                   help="where a world's own training data is rendered or cached "
+                        "(default: work/WORLD/data)")
     p.add_argument("--n-train", type=int, default=None, help="use only the first N training items")
     p.add_argument("--n-val", type=int, default=None, help="use only the first N validation items")
     p.add_argument("--visu-text", default="aimagelab/ViSU-Text", help="Hub id or local copy")
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-targets", nargs="+", default=list(DEFAULT_TARGETS))
     p.add_argument("--token-layer", type=int, default=d.token_layer,
                    help="hidden layer of the patch tokens that the vision_tokens_* terms read "
-                        "(-1: last, as the mini captioner; LLaVA-1.5 reads -2)")
+                        "(-1: the last; LLaVA-1.5 reads -2)")
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even with a GPU")
     p.add_argument("--no-export", action="store_true")
@@ -114,6 +115,8 @@ def build_sources(args, world, tokenizer, processor, context, need):
     kind = args.data or world.retrieval.train_data
     if kind is None:
         raise StudioError(f"world {world.name!r} names no training data; pass --data visu")
+    if args.data_dir is None:
+        args.data_dir = str(Path("work") / world.name / "data")
     return resolve("train_data", kind, world)(args, tokenizer, processor, context, need)
 
 
