@@ -94,8 +94,16 @@ def to_rgb(img, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Ima
     return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
+def need_image(value):
+    """``value``, or an ImageError when there is no image at all."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ImageError("no image given: upload one or pick an example")
+    return value
+
+
 def load_rgb(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """A path, bytes, numpy array or PIL image, as RGB (the one call entry points need)."""
+    need_image(source)
     if isinstance(source, (Image.Image, np.ndarray)):
         return to_rgb(source)
     return to_rgb(open_image(source, max_pixels))

@@ -205,8 +205,6 @@ def search_main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="print JSON")
     args = p.parse_args(argv)
     setup_logging(args.log_level)
-    if args.k < 1:
-        p.error("--k must be at least 1")
     if args.image:  # refuse unreadable query images before loading any model
         from .images import load_rgb
         for path in args.image:

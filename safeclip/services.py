@@ -25,12 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from .errors import StudioError
-from .limits import Number, Text
+from .limits import Number
 from .presets import Preset, auto_order, default_preset, get_preset, resolve_ref
 
 logger = logging.getLogger(__name__)
 
-MAX_PROMPT_CHARS = 1000  # longer text is refused; up to this, CLIP truncates to its context
 # Loading imports torch, transformers, diffusers: transformers' lazy modules are not safe to
 # import from two threads at once, so capabilities load one at a time.
 _LOAD_LOCK = threading.RLock()
@@ -143,11 +142,10 @@ class Studio:
         self.world = resolve_world(self.preset_name, self.overrides, self.hub_timeout)
         self.preset = self.world.preset
         self.capabilities = self.preset.capabilities()
+        from .retrieval.gallery import LIMITS
+
         r = self.preset.retrieval
-        ctx = r.context_length if r else 77
-        reader = f"CLIP reads only its first {ctx} tokens"
-        self.limits = {"k": Number("top k", 1, 50),
-                       "query": Text("query", MAX_PROMPT_CHARS, reader=reader)}
+        self.limits = LIMITS  # the gallery's own: the widgets show what it checks
         self._default = None
         if r is not None and self.gallery_dir is None:
             if r.gallery:
@@ -261,17 +259,11 @@ class Studio:
 
     # -- retrieval -------------------------------------------------------------------------
     def search_text(self, query, k=10, target: str = "images"):
-        query = self.limits["query"].check(query)
-        k = self.limits["k"].check(k)
-        return self.gallery().search_text(query, k=k, target=target)
+        return self.gallery().search_text(query, k=k, target=target)  # it checks its inputs
 
     def search_image(self, image, k=10):
-        if image is None:
-            from .errors import InputError
-            raise InputError("no image given: upload one or pick an example")
         from .images import load_rgb
         image = load_rgb(image)  # refuse a bad file before loading any model
-        k = self.limits["k"].check(k)
         return self.gallery().search_image(image, k=k)
 
     def image_of(self, hit):
@@ -284,9 +276,6 @@ class Studio:
                                               steps=steps, guidance=guidance, size=size)
 
     def caption(self, image, question=None, max_new_tokens=None, seed=0):
-        if image is None:
-            from .errors import InputError
-            raise InputError("no image given: upload one or pick an example")
         from .images import load_rgb
         image = load_rgb(image)  # refuse a bad file before loading the captioner
         return self.captioner().caption_pair(image, question=question,

@@ -128,10 +128,12 @@ def test_gallery_search_equals_brute_force(pair, tiny_dirs, tmp_path):
     assert caps.direction == "image->text" and caps.results["clip"][0].kind == "caption"
     assert g.search_image(noise(5), k=2, target="images").results["safeclip"][0].kind == "image"
     for bad in ("", "   "):
-        with pytest.raises(ValueError, match="empty query"):
+        with pytest.raises(ValueError, match="the query is empty"):
             g.search_text(bad)
-    with pytest.raises(ValueError, match="empty query"):
+    with pytest.raises(ValueError, match="the query is empty"):
         g.search_text(["ok", ""])
+    with pytest.raises(ValueError, match="top k must be a whole number from 1 to 50, not 0"):
+        g.search_text("ok", k=0)
 
 
 def test_preset_and_dimension_mismatch_are_refused(pair, tiny_dirs, tmp_path):
@@ -287,7 +289,7 @@ def test_mini_gallery_command_and_search_cli(tiny_dirs, tmp_path, capsys):
     assert "safeclip" in capsys.readouterr().out
     assert main(["search", "--index", str(out), *models, "--text", " ",
                  "--log-level", "ERROR"]) == 1
-    assert "empty query" in capsys.readouterr().err
+    assert "the query is empty" in capsys.readouterr().err
     assert main(["search", "--preset", "vit-l-14", "--index", str(out), "--text", "a cat"]) == 1
     assert "built with preset 'mini'" in capsys.readouterr().err
     assert main(["index", "info", "--index", str(out)]) == 0

@@ -140,6 +140,11 @@ class DefaultGallery:
         self._done = len(done)
         if len(done) >= s.n or (self.dir / "downloaded").exists():
             return images, labels
+        offline = any(os.environ.get(v, "0") not in ("0", "", "false", "False")
+                      for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+        if offline and not Path(s.dataset).exists():
+            raise StudioError(f"the data set {s.dataset} could not be downloaded (offline: "
+                              "HF_HUB_OFFLINE is set)")
         try:
             import datasets
         except ImportError:

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
+from ..limits import Number, Text
 from ..presets import get_preset
 from . import ann, store
 
@@ -77,16 +78,15 @@ class SearchResult:
         return d
 
 
-def check_text(query) -> str:
-    if not isinstance(query, str):
-        raise InputError(f"a text query is a string, not {type(query).__name__}")
-    if not query.strip():
-        raise InputError("empty query: type a few words to search for")
-    return query.strip()
+# The limits of a search: owned here, read by the app's widgets (Studio.limits), checked once.
+LIMITS = {"k": Number("top k", 1, 50),
+          "query": Text("query", 1000, reader="CLIP reads only the first few dozen words")}
 
 
 class Gallery:
-    """An index directory opened with a preset's two models (see the module docstring)."""
+    """An index directory opened with a world's two models (see the module docstring)."""
+
+    limits = LIMITS
 
     def __init__(self, directory: Path, manifest: dict, pair, warnings: list[str] | None = None):
         self.directory, self.manifest, self.pair = Path(directory), manifest, pair
@@ -185,7 +185,8 @@ class Gallery:
         """Text -> images (or ``target="captions"``); a list of queries is searched as a batch
         and gives a list of results."""
         single = isinstance(query, str)
-        queries = [check_text(q) for q in ([query] if single else list(query))]
+        queries = [LIMITS["query"].check(q) for q in ([query] if single else list(query))]
+        k = LIMITS["k"].check(k)
         out = self._run(lambda enc, q: enc.encode_text(q), queries, queries, k, target,
                         f"text->{target[:-1] if target == 'images' else 'text'}")
         return out[0] if single else out
@@ -193,15 +194,16 @@ class Gallery:
     def search_image(self, image, k: int = 10, target: str = "auto"):
         """Image (PIL of any mode, path or bytes) -> captions (``target="auto"`` falls back to
         images when the gallery has no caption corpus); a list is searched as a batch."""
-        from ..images import load_rgb
+        from ..images import load_rgb, need_image
 
         single = not isinstance(image, (list, tuple))
         images = [image] if single else list(image)
-        if not images or any(im is None for im in images):
-            raise InputError("no image given")
+        if not images:
+            need_image(None)
+        k = LIMITS["k"].check(k)
         if target == "auto":
             target = "captions" if "captions" in self.indexes else "images"
-        pil = [load_rgb(im) for im in images]  # ImageError for corrupt files and bombs
+        pil = [load_rgb(need_image(im)) for im in images]  # ImageError: corrupt, bombs
         labels = [str(im) if isinstance(im, (str, Path)) else f"<image {p.size[0]}x{p.size[1]}>"
                   for im, p in zip(images, pil)]
         out = self._run(lambda enc, ims: enc.encode_image(ims), pil, labels, k, target,
