@@ -65,16 +65,10 @@ import shutil
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-try:
-    from . import standins_clip as _clip
-    from . import standins_common as _common
-    from . import standins_llava as _llava
-    from . import standins_sd as _sd
-except ImportError:  # imported as a top-level module (tests/ on sys.path)
-    import standins_clip as _clip
-    import standins_common as _common
-    import standins_llava as _llava
-    import standins_sd as _sd
+import standins_clip as _clip
+import standins_common as _common
+import standins_llava as _llava
+import standins_sd as _sd
 
 _STUBS = (".gitattributes", "README.md")
 _CLIP_TOK = (

@@ -17,32 +17,18 @@ from pathlib import Path
 
 import torch
 
-try:
-    from .standins_common import (
-        OPENAI_MEAN,
-        OPENAI_STD,
-        lora_perturbed,
-        save_weights,
-        seeded_state,
-        with_legacy_position_ids,
-        write_clip_preprocessor,
-        write_clip_tokenizer,
-        write_json,
-        write_stubs,
-    )
-except ImportError:  # imported as a top-level module (tests/ on sys.path)
-    from standins_common import (
-        OPENAI_MEAN,
-        OPENAI_STD,
-        lora_perturbed,
-        save_weights,
-        seeded_state,
-        with_legacy_position_ids,
-        write_clip_preprocessor,
-        write_clip_tokenizer,
-        write_json,
-        write_stubs,
-    )
+from standins_common import (
+    OPENAI_MEAN,
+    OPENAI_STD,
+    lora_perturbed,
+    save_weights,
+    seeded_state,
+    with_legacy_position_ids,
+    write_clip_preprocessor,
+    write_clip_tokenizer,
+    write_json,
+    write_stubs,
+)
 
 
 @dataclass(frozen=True)

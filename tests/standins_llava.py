@@ -18,12 +18,8 @@ from pathlib import Path
 
 import torch
 
-try:
-    from .standins_clip import L336, clip_state
-    from .standins_common import seeded_tensor, write_clip_preprocessor, write_json, write_stubs
-except ImportError:  # imported as a top-level module (tests/ on sys.path)
-    from standins_clip import L336, clip_state
-    from standins_common import seeded_tensor, write_clip_preprocessor, write_json, write_stubs
+from standins_clip import L336, clip_state
+from standins_common import seeded_tensor, write_clip_preprocessor, write_json, write_stubs
 
 SEED = 41
 N_SHARDS = 3

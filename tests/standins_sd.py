@@ -12,30 +12,17 @@ from pathlib import Path
 
 import torch
 
-try:
-    from .standins_clip import L, SD20, clip_config, legacy_text_config, sd2_text_state, text_tower
-    from .standins_clip import SEEDS as CLIP_SEEDS
-    from .standins_common import (
-        save_weights,
-        seeded_state,
-        with_legacy_position_ids,
-        write_clip_preprocessor,
-        write_clip_tokenizer,
-        write_json,
-        write_stubs,
-    )
-except ImportError:  # imported as a top-level module (tests/ on sys.path)
-    from standins_clip import L, SD20, clip_config, legacy_text_config, sd2_text_state, text_tower
-    from standins_clip import SEEDS as CLIP_SEEDS
-    from standins_common import (
-        save_weights,
-        seeded_state,
-        with_legacy_position_ids,
-        write_clip_preprocessor,
-        write_clip_tokenizer,
-        write_json,
-        write_stubs,
-    )
+from standins_clip import L, SD20, clip_config, legacy_text_config, sd2_text_state, text_tower
+from standins_clip import SEEDS as CLIP_SEEDS
+from standins_common import (
+    save_weights,
+    seeded_state,
+    with_legacy_position_ids,
+    write_clip_preprocessor,
+    write_clip_tokenizer,
+    write_json,
+    write_stubs,
+)
 
 SEEDS = {"sd14-unet": 22, "sd14-vae": 23, "sd2-unet": 32, "sd2-vae": 33}
 _DIFFUSERS_COMPONENTS = {
