@@ -105,3 +105,21 @@ def test_hard_negative_extensions(embs):
     assert out["U_Vref_Gneg"].item() == pytest.approx(hand_hard(ft["U"], ref["V"], ft["G"]), rel=1e-5)
     assert out["G_Sref_Uneg"].item() == pytest.approx(hand_hard(ft["G"], ref["S"], ft["U"]), rel=1e-5)
     assert "U_Vref_Gneg" in TERMS and "U_Vref_Gneg" not in DEFAULT_WEIGHTS  # paper default: off
+
+
+def test_reference_hard_negative_terms_use_the_originals_unsafe_items(embs):
+    ft, ref = embs
+    other = lambda x: torch.nn.functional.normalize(x + 0.7 * x.roll(1, 0), dim=-1)  # noqa: E731
+    ref = {**ref, "G": other(ft["G"]), "U": other(ft["U"])}  # frozen G, U unlike the tuned
+    loss = SafeClipLoss({"U_Vref_Grefneg": 1.0, "G_Sref_Urefneg": 1.0}, normalise=False)
+    assert set(loss.ref_inputs) == {"G", "S", "U", "V"}  # the trainer must cache G and U too
+    out = loss(ft, ref)["terms"]
+    assert out["U_Vref_Grefneg"].item() == pytest.approx(hand_hard(ft["U"], ref["V"], ref["G"]),
+                                                         rel=1e-5)
+    assert out["G_Sref_Urefneg"].item() == pytest.approx(hand_hard(ft["G"], ref["S"], ref["U"]),
+                                                         rel=1e-5)
+    # the negatives are the frozen model's, not the tuned one's: the two differ
+    tuned = SafeClipLoss({"U_Vref_Gneg": 1.0}, normalise=False)(ft, ref)["terms"]["U_Vref_Gneg"]
+    assert tuned.item() != pytest.approx(out["U_Vref_Grefneg"].item(), rel=1e-3)
+    with pytest.raises(KeyError, match=r"ref\[G\]"):
+        loss(ft, {"S": ref["S"], "V": ref["V"], "U": ref["U"]})

@@ -30,6 +30,14 @@ terms never show the model an unsafe item as a negative, so redirected unsafe te
 stay close to each other (an unsafe query keeps finding unsafe images); these two terms separate
 them. Both need unsafe images (full mode only).
 
+Two more act for the *cross* configuration, where Safe-CLIP's query tower searches an index built
+by the original CLIP: ``U_Vref_Grefneg`` asks each tuned unsafe text to pick its safe reference
+image among the reference safe images *and* the reference (original) unsafe images,
+``G_Sref_Urefneg`` each tuned unsafe image its safe reference caption among the reference safe
+and unsafe captions: they push Safe-CLIP's unsafe queries away from what the original's index
+holds for them. Real ViSU pairs each unsafe caption and image with its safe counterpart, so both
+apply there (full mode; ``U_Vref_Grefneg`` needs the generated unsafe images G as negatives).
+
 Two more optional terms reach below the pooled embedding, to the patch tokens that a multimodal
 LLM such as LLaVA reads from the vision tower (at ``TrainConfig.token_layer``, class token
 dropped): ``vision_tokens_safe`` = cos_d(ft_tokens(V), ref_tokens(V)) per token keeps safe images'
@@ -71,12 +79,17 @@ TERMS = {
     # extensions (not in the paper): unsafe items of the other modality as hard negatives
     "U_Vref_Gneg": ("hard", "U", "V"),
     "G_Sref_Uneg": ("hard", "G", "S"),
+    # extensions (not in the paper): the *original's* unsafe items as hard negatives, for the
+    # cross configuration (Safe-CLIP's queries over an index built by the original)
+    "U_Vref_Grefneg": ("hard_ref", "U", "V"),
+    "G_Sref_Urefneg": ("hard_ref", "G", "S"),
     # extensions (not in the paper): the vision tower's patch tokens, which a multimodal LLM reads
     "vision_tokens_safe": ("cos", "V_tokens", "V_tokens"),
     "vision_tokens_nsfw": ("cos", "G_tokens", "V_tokens"),
 }
 TOKEN_TERMS = ("vision_tokens_safe", "vision_tokens_nsfw")
 HARD_NEGATIVE = {"U_Vref_Gneg": "G", "G_Sref_Uneg": "U"}  # term -> tuned negatives
+HARD_REF_NEGATIVE = {"U_Vref_Grefneg": "G", "G_Sref_Urefneg": "U"}  # term -> frozen negatives
 TEXT_ONLY = ("text_safe", "text_nsfw", "S_Vref", "U_Vref")
 MODES = {"full": tuple(TERMS), "text": TEXT_ONLY}
 
@@ -103,7 +116,9 @@ def nce(a: torch.Tensor, b: torch.Tensor, scale: float = LOGIT_SCALE) -> torch.T
 def needed_inputs(terms) -> tuple[set[str], set[str]]:
     """(ft inputs, ref inputs) that the given terms read."""
     ft = {TERMS[t][1] for t in terms} | {HARD_NEGATIVE[t] for t in terms if t in HARD_NEGATIVE}
-    return ft, {TERMS[t][2] for t in terms}
+    ref = {TERMS[t][2] for t in terms} | {HARD_REF_NEGATIVE[t] for t in terms
+                                          if t in HARD_REF_NEGATIVE}
+    return ft, ref
 
 
 class SafeClipLoss(torch.nn.Module):
@@ -156,6 +171,8 @@ class SafeClipLoss(torch.nn.Module):
                 terms[name] = nce(ft[a], ref[b])
             elif kind == "hard":
                 terms[name] = hard_nce(ft[a], ref[b], ft[HARD_NEGATIVE[name]])
+            elif kind == "hard_ref":
+                terms[name] = hard_nce(ft[a], ref[b], ref[HARD_REF_NEGATIVE[name]])
             else:  # reference first: rows are the frozen texts, columns the tuned images
                 terms[name] = nce(ref[b], ft[a])
         total = sum(self.weights[k] * v for k, v in terms.items())

@@ -278,8 +278,7 @@ def validate(enc, val_src, ref_val: dict, loss_fn: SafeClipLoss, batch: int, dev
     plain = SafeClipLoss(pooled, loss_fn.mode)
     for s in range(0, val_src.n - batch + 1 if val_src.n >= batch else 1, batch):
         sl = slice(s, s + batch)
-        ref = {"S": ref_val["S"][sl, 0] if ref_val["S"].dim() == 3 else ref_val["S"][sl],
-               "V": ref_val["V"][sl]}
+        ref = {k: r[sl, 0] if r.dim() == 3 else r[sl] for k, r in ref_val.items()}
         losses.append(plain({k: v[sl] for k, v in embs.items()}, ref)["total"].item())
     out = {"val_loss": float(np.mean(losses))}
     if all(k in embs for k in keys):
@@ -342,9 +341,14 @@ def train(cfg: TrainConfig, clip, train_src, val_src=None, resume: bool = False,
     device = acc.device
     torch.manual_seed(cfg.seed)  # same LoRA init everywhere
     clip.to(device)
-    ref_train = cached_reference(clip, train_src, run / "ref_train.safetensors", ("S", "V"), acc, device)
-    ref_val = (cached_reference(clip, val_src, run / "ref_val.safetensors", ("S", "V"), acc, device)
-               if val_src is not None else None)
+    # pooled reference embeddings, cached (S and V: validation reads them); the reference
+    # patch tokens come from the model with its adapter disabled, step by step
+    cache_keys = tuple(sorted((set(ref_keys) - {"V_tokens"}) | {"S", "V"}))
+    tag = "" if cache_keys == ("S", "V") else "." + "".join(cache_keys)
+    ref_train = cached_reference(clip, train_src, run / f"ref_train{tag}.safetensors", cache_keys,
+                                 acc, device)
+    ref_val = (cached_reference(clip, val_src, run / f"ref_val{tag}.safetensors", cache_keys, acc,
+                                device) if val_src is not None else None)
     model = add_lora(clip, cfg.lora)
     enc = DualEncoder(model, token_layer=cfg.token_layer if want_tokens else None).train()
     opt = _optimizer(cfg, [p for p in enc.parameters() if p.requires_grad])
@@ -386,12 +390,12 @@ def train(cfg: TrainConfig, clip, train_src, val_src=None, resume: bool = False,
             need = set(ft_keys) | ({"V", "G"} if want_tokens else set())
             batch = {k: v.to(device) for k, v in train_src.get(idx, wording).items() if k in need}
             ref = {}
-            if "S" in ref_keys:
-                rs = ref_train["S"]
-                ref["S"] = (rs[torch.as_tensor(idx), torch.as_tensor(wording)] if rs.dim() == 3
-                            else rs[torch.as_tensor(idx)]).to(device)
-            if "V" in ref_keys:
-                ref["V"] = ref_train["V"][torch.as_tensor(idx)].to(device)
+            for k in ref_keys:
+                if k == "V_tokens":
+                    continue
+                r = ref_train[k]  # texts: (n, wordings, D); images: (n, D)
+                ref[k] = (r[torch.as_tensor(idx), torch.as_tensor(wording)] if r.dim() == 3
+                          else r[torch.as_tensor(idx)]).to(device)
             with acc.accumulate(enc), acc.autocast():
                 feats = enc(batch)
                 if "V_tokens_ref" in feats:
