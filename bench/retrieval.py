@@ -1,18 +1,24 @@
 """Retrieval speed and size: the approximate index against exact search, and search latency.
 
-    OMP_NUM_THREADS=1 python bench/retrieval.py ann [--n 1000000] [--dim 768] [--queries 1000]
-        [--data clustered|uniform] [--rounds 3] [--json] [--out FILE]
+    OMP_NUM_THREADS=2 python bench/retrieval.py ann [--n 1000000] [--dim 768] [--queries 1000]
+        [--data clustered|uniform] [--index-type auto|ivf|ivfpq] [--rounds 3] [--json] [--out FILE]
     OMP_NUM_THREADS=1 python bench/retrieval.py latency [--index assets/gallery/mini]
         [--queries 200] [--json] [--out FILE]
 
 ``ann``: n random unit vectors of dimension ``dim`` go into the exact index (IndexFlatIP) and
-into the approximate one that ``safeclip index build`` picks at that size (IVF-Flat, nlist ~
-4 sqrt(n), nprobe calibrated at build time on 200 separate queries to recall@10 >= 0.95; forced
-here, so that it is measured even where the build would fall back to exact search). A batch
-of ``queries`` fresh vectors is searched by both, alternately, ``--rounds`` times (same machine
-load for both); printed: the median time of each, their ratio, recall@10 of the approximate
-results against the exact ones, build time and memory per million vectors (the bytes each index
-holds, and the process's resident-memory growth while building it).
+into the approximate one that ``safeclip index build`` picks at that size (``--index-type
+auto``: IVF-Flat past 100k vectors, IVF-PQ past 1 GiB of raw vectors, i.e. at 1M x 768; nprobe
+calibrated at build time on 200 separate queries; an IVF-PQ index re-ranks its shortlist from
+float16 vectors saved beside it, memory-mapped as a gallery opens them). ``--index-type ivf``
+forces IVF-Flat, so that it is measured even where the build would fall back to exact search.
+A batch of ``queries`` fresh vectors is searched by both, alternately, ``--rounds`` times (same
+machine load for both); printed: the median time of each, their ratio, recall@10 of the
+approximate results against the exact ones, build time and memory per million vectors (the
+bytes each index holds in memory, what it keeps on disk, and the process's resident-memory
+growth while building it). For IVF-PQ also: its codes alone (no re-ranking), and the codes
+written in clip-retrieval's layout (``image.index`` + metadata parquet) and opened
+memory-mapped as ``safeclip.retrieval.foreign`` opens them, in a fresh process: resident memory
+before and after answering 100 queries, beside the index file's size.
 
 The vectors: ``--data clustered`` (default) draws them around random centres (one per ~1,000
 vectors) sharing a common direction, with low-rank variation inside each cluster and isotropic
@@ -30,7 +36,7 @@ for comparison. Without ``--index``, a gallery of the synthetic test split is bu
 temporary folder, with the bundled mini models when they exist, else with randomly initialised
 models of the same architecture (same cost per query; the results themselves are meaningless).
 
-Single-threaded figures on a shared CPU: run with OMP_NUM_THREADS=1.
+``OMP_NUM_THREADS`` sets the threads of both indexes (the figures are ratios of the two).
 """
 from __future__ import annotations
 
@@ -94,7 +100,53 @@ class Vectors:
 
 # -------------------------------------------------------------------------------------- ann
 
-def bench_ann(n: int, dim: int, n_queries: int, kind: str, rounds: int, nlist=None) -> dict:
+def rss_probe(folder: str, queries: str) -> dict:
+    """In this (fresh) process: resident memory in kB (/proc/self/status) before opening a
+    clip-retrieval folder, after opening it memory-mapped, and after answering the queries."""
+    import pyarrow.parquet  # noqa: F401 - libraries loaded before the first reading: the
+    ann.faiss()  # readings count the index and the rows, not the code
+
+    from safeclip.retrieval.foreign import open_index_folder
+
+    def status():
+        fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text()
+                      .splitlines() if ":" in line)
+        return {f: int(fields[f].split()[0]) for f in ("VmRSS", "RssAnon", "RssFile")}
+
+    q = np.load(queries)
+    before = status()
+    indexes, rows = open_index_folder(Path(folder))
+    opened = status()
+    _, ids = ann.search(indexes["images"], q, 10)  # its stored nprobe
+    answered = status()
+    rows[int(ids[0, 0])]  # a hit's metadata row: its row group read from the parquet file
+    return {"before_kB": before, "opened_kB": opened, "answered_kB": answered,
+            "row_read_kB": status(),
+            "queries": len(q), "index_file_bytes": (Path(folder) / "image.index").stat().st_size}
+
+
+def mmap_probe(index, queries: np.ndarray, n: int) -> dict:
+    """The codes of ``index`` in clip-retrieval's layout, probed in a fresh process."""
+    import subprocess
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    work = Path(tempfile.mkdtemp(prefix="bench-mmap-"))
+    (work / "metadata").mkdir()
+    ann.faiss().write_index(index, str(work / "image.index"))
+    pq.write_table(pa.table({"url": [f"https://example.org/{i}.jpg" for i in range(n)],
+                             "caption": [f"item {i}" for i in range(n)],
+                             "NSFW": ["UNLIKELY"] * n}), work / "metadata" / "0.parquet",
+                   row_group_size=65536)
+    np.save(work / "q.npy", queries)
+    out = subprocess.run([sys.executable, __file__, "rss-probe", str(work), str(work / "q.npy")],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_ann(n: int, dim: int, n_queries: int, kind: str, rounds: int, nlist=None,
+              index_type: str = "auto") -> dict:
     import faiss
 
     faiss.omp_set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -108,11 +160,17 @@ def bench_ann(n: int, dim: int, n_queries: int, kind: str, rounds: int, nlist=No
     exact_build, exact_rss = time.perf_counter() - t0, rss() - m0
     xb = faiss.rev_swig_ptr(exact.get_xb(), n * dim).reshape(n, dim)  # a view, not a copy
 
-    spec = ann.choose_spec(n, "ivf", nlist=nlist)  # as `--index-type ivf` (auto picks it too
-    # above 100k vectors, but would fall back to exact search on structureless data)
+    spec = ann.choose_spec(n, index_type, nlist=nlist, dim=dim)  # auto: as `index build` picks
     t0, m0 = time.perf_counter(), rss()
     approx, spec = ann.build_index(xb, spec, calibration, calibration="separate random queries")
     approx_build, approx_rss = time.perf_counter() - t0, rss() - m0
+    disk = 0
+    if isinstance(approx, ann.Reranked):  # saved and opened as a gallery does: vectors mmapped
+        folder = Path(tempfile.mkdtemp(prefix="bench-ivfpq-"))
+        written = ann.save_index(approx, folder / "images.clip.faiss")
+        disk = sum(p.stat().st_size for p in written)
+        approx = ann.load_index(written[0], spec)
+        approx.search(queries[:100], 10)  # a first pass pages the vectors it needs in
 
     times = {"exact": [], "approx": []}
     for _ in range(rounds):  # alternate, so that both see the same machine load
@@ -124,7 +182,13 @@ def bench_ann(n: int, dim: int, n_queries: int, kind: str, rounds: int, nlist=No
         times["approx"].append(time.perf_counter() - t0)
     ratios = [e / a for e, a in zip(times["exact"], times["approx"])]
     per_m = 1e6 / n
-    return {
+    extra = {}
+    if isinstance(approx, ann.Reranked):
+        _, i_codes = approx.index.search(queries, 10)
+        extra = {"codes_alone_recall_at_10": round(ann.recall_at_k(i_codes, i_exact), 4),
+                 "disk_bytes_per_million": int(disk * per_m),
+                 "mmap": mmap_probe(approx.index, queries[:100], n)}
+    return {**extra,
         "n": n, "dim": dim, "queries": n_queries, "data": kind, "rounds": rounds,
         "threads": faiss.omp_get_max_threads(),
         "exact_seconds": round(statistics.median(times["exact"]), 4),
@@ -150,18 +214,32 @@ def print_ann(r: dict) -> None:
     print(f"{r['n']:,} x {r['dim']} {r['data']} unit vectors, batch of {r['queries']:,} queries, "
           f"top 10, {r['threads']} thread(s), median of {r['rounds']} alternating rounds")
     print(f"  exact  (flat IP)            {r['exact_seconds']:8.3f} s")
-    print(f"  approx (IVF{s.get('nlist')}, nprobe {s.get('nprobe')})  {r['approx_seconds']:8.3f} s"
+    name = (f"IVF{s.get('nlist')},PQ{s.get('pq_m')}, re-rank {s.get('rerank')}"
+            if s["type"] == "ivfpq" else f"{s['type']} {s.get('nlist') or ''}")
+    print(f"  approx ({name}, nprobe {s.get('nprobe')})  {r['approx_seconds']:8.3f} s"
           f"   -> {r['speedup']}x faster (rounds: {r['speedups']})")
     print(f"  recall@10 vs exact {r['recall_at_10']:.4f}; exact nearest neighbour in the top 10: "
           f"{r['nn_in_top10']:.4f}; calibrated at build: {s.get('recall_at_10')} "
           f"({s.get('calibration')})")
-    print(f"  build: approx {r['approx_build_seconds']} s (k-means on {s.get('train_size'):,} "
+    print(f"  build: approx {r['approx_build_seconds']} s (k-means on {s.get('train_size') or 0:,} "
           "vectors"
           f" + add), exact {r['exact_build_seconds']} s (incl. generating the vectors)")
     b, g = r["bytes_per_million"], r["rss_growth_per_million"]
     print(f"  memory per million vectors: exact {b['exact'] / gib:.2f} GiB, approx "
           f"{b['approx'] / gib:.2f} GiB (resident growth while building: {g['exact'] / gib:.2f} / "
           f"{g['approx'] / gib:.2f} GiB)")
+    if "mmap" in r:
+        m, mib = r["mmap"], 2 ** 20
+        print(f"  approx in memory {b['approx'] / mib:.1f} MiB per million vectors, on disk "
+              f"{r['disk_bytes_per_million'] / mib:.0f} MiB (codes + float16 vectors); its codes "
+              f"alone: recall@10 {r['codes_alone_recall_at_10']:.4f}")
+        grow = m["answered_kB"]["VmRSS"] - m["before_kB"]["VmRSS"]
+        anon = m["answered_kB"]["RssAnon"] - m["before_kB"]["RssAnon"]
+        print(f"  clip-retrieval layout, opened memory-mapped in a fresh process: resident memory "
+              f"+{grow / 1024:.1f} MiB (anonymous +{anon / 1024:.1f} MiB) after "
+              f"{m['queries']} queries; image.index is {m['index_file_bytes'] / mib:.0f} MiB; "
+              f"reading a hit's metadata row group: +"
+              f"{(m['row_read_kB']['VmRSS'] - m['answered_kB']['VmRSS']) / 1024:.1f} MiB more")
 
 
 # ---------------------------------------------------------------------------------- latency
@@ -260,6 +338,10 @@ def main(argv=None) -> int:
     a.add_argument("--data", default="clustered", choices=["clustered", "uniform"])
     a.add_argument("--rounds", type=int, default=3)
     a.add_argument("--nlist", type=int, default=None)
+    a.add_argument("--index-type", default="auto", choices=["auto", "ivf", "ivfpq", "hnsw"])
+    probe = sub.add_parser("rss-probe", help=argparse.SUPPRESS)
+    probe.add_argument("folder")
+    probe.add_argument("queries")
     lat = sub.add_parser("latency", help="single-query latency of search_text")
     lat.add_argument("--index", default=None, help="gallery index (default: assets/gallery/mini)")
     lat.add_argument("--preset", default=None, help="default: the index's preset")
@@ -270,8 +352,12 @@ def main(argv=None) -> int:
         s.add_argument("--json", action="store_true", help="print JSON instead of text")
         s.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)
+    if args.what == "rss-probe":
+        print(json.dumps(rss_probe(args.folder, args.queries)))
+        return 0
     if args.what == "ann":
-        r = bench_ann(args.n, args.dim, args.queries, args.data, args.rounds, args.nlist)
+        r = bench_ann(args.n, args.dim, args.queries, args.data, args.rounds, args.nlist,
+                      args.index_type)
         printer = print_ann
     else:
         r = bench_latency(args.index, args.preset, args.queries, args.gallery_items)

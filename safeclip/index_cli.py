@@ -7,12 +7,15 @@
     safeclip index build --preset vit-l-14 --dataset ORG/NAME --split test --out idx/hub
     safeclip index add --index idx/photos [--images more/]      # embeds only the new images
     safeclip index info --index idx/photos [--json]
-    safeclip search --preset mini --index assets/gallery/mini --text "a cat with a knife" --k 5
+    safeclip index build --preset vit-l-14 --images photos/ --out idx/x --cross-only   # clip+cross
+    safeclip search --preset mini --text "a cat with a knife" --k 5     # the world's gallery
     safeclip search --index idx/photos --image query.jpg [--target captions|images] --json
+    safeclip search --preset mini --text "..." --config cross --alpha 0.5 --beta 0.2
 
 A build interrupted half way continues where it stopped when the same command runs again.
-Unreadable images are skipped and listed at the end. ``search`` prints both models' rankings
-side by side (``--json``: machine-readable, one object per query).
+Unreadable images are skipped and listed at the end. ``search`` prints the rankings of the
+configurations side by side: ``clip``, ``safeclip`` and ``cross`` (Safe-CLIP's query over the
+original's index); ``--json``: machine-readable, one object per query.
 """
 from __future__ import annotations
 
@@ -22,6 +25,11 @@ import sys
 from pathlib import Path
 
 from .cli import add_common_args, overrides, setup_logging
+
+
+def ann_gib() -> float:
+    from .retrieval.ann import COMPRESS_BYTES
+    return COMPRESS_BYTES / 2**30
 
 
 def _source_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -85,8 +93,16 @@ def build_main(argv=None) -> int:
     p.add_argument("--captions", type=Path, default=None,
                    help="extra caption corpus: .txt (one a line) or CSV/JSON(L) with text, unsafe")
     p.add_argument("--no-captions", action="store_true", help="index no caption corpus")
-    p.add_argument("--index-type", default="auto", choices=["auto", "flat", "ivf", "hnsw"],
-                   help="auto: exact up to --exact-max vectors, IVF beyond")
+    p.add_argument("--index-type", default="auto", choices=["auto", "flat", "ivf", "ivfpq", "hnsw"],
+                   help="auto: exact up to --exact-max vectors, IVF beyond, IVF-PQ (compressed) "
+                        "past --compress-gib of raw vectors")
+    p.add_argument("--compress-gib", type=float, default=ann_gib(),
+                   help="auto: raw vectors past this size get a compressed index (default 1)")
+    p.add_argument("--pq-bytes", type=int, default=None,
+                   help="IVF-PQ bytes per vector (default: dimensions / 8)")
+    p.add_argument("--rerank", type=int, default=IndexOptions.rerank,
+                   help="IVF-PQ: candidates re-scored exactly from float16 vectors kept on disk "
+                        "(default 100; 0: the compressed codes alone, lower recall)")
     p.add_argument("--exact-max", type=int, default=IndexOptions.exact_max)
     p.add_argument("--nlist", type=int, default=None, help="IVF lists (default ~4 sqrt(n))")
     p.add_argument("--nprobe", type=int, default=None, help="IVF lists searched (default: "
@@ -94,22 +110,27 @@ def build_main(argv=None) -> int:
     p.add_argument("--hnsw-m", type=int, default=32)
     p.add_argument("--ef-search", type=int, default=None, help="HNSW (default: calibrated)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    p.add_argument("--cross-only", action="store_true",
+                   help="embed with the original CLIP only: an index for the clip and cross "
+                        "configurations, in about half the time")
     args = p.parse_args(argv)
     setup_logging(args.log_level)
     options = IndexOptions(args.index_type, args.exact_max, args.nlist, args.nprobe, args.hnsw_m,
-                           args.ef_search)
+                           args.ef_search, int(args.compress_gib * 2**30), args.pq_bytes,
+                           args.rerank)
     report = build_gallery(
         args.preset, args.out, images=args.images, dataset=args.dataset, split=args.split,
         limit=args.limit, labels=args.labels, captions=not args.no_captions,
         caption_file=args.captions, batch_size=args.batch_size, options=options,
         judge=args.judge or "auto", overwrite=args.overwrite, restart=args.restart,
-        device=args.device, overrides=overrides(args), hub_columns=_hub_columns(args))
+        device=args.device, overrides=overrides(args), hub_columns=_hub_columns(args),
+        models=("clip",) if args.cross_only else ("clip", "safeclip"))
     _print_report(report, args.json, "built")
     return 0
 
 
 def add_main(argv=None) -> int:
-    from .retrieval.build import add_to_gallery
+    from .retrieval.add import add_to_gallery
 
     p = argparse.ArgumentParser(prog="safeclip index add",
                                 description="Add new images to an index (others not re-embedded).")
@@ -173,12 +194,11 @@ def _format(result) -> str:
     lines = [f"{result.direction}: {result.query!r}  ({result.seconds * 1000:.0f} ms)"]
     cols = {m: [f"{h.score:6.3f} {'UNSAFE ' if h.unsafe else ''}{h.id}" for h in hits]
             for m, hits in result.results.items()}
-    width = max([len(c) for c in cols.get("clip", [])] + [24])
-    lines.append(f"{'':4}{'clip'.ljust(width)}  safeclip")
+    width = max([len(x) for c in cols.values() for x in c] + [24])
+    lines.append(f"{'':4}" + "  ".join(c.ljust(width) for c in cols))
     for i in range(max(len(c) for c in cols.values())):
-        a = cols["clip"][i] if i < len(cols["clip"]) else ""
-        b = cols["safeclip"][i] if i < len(cols["safeclip"]) else ""
-        lines.append(f"{i + 1:>3} {a.ljust(width)}  {b}")
+        lines.append(f"{i + 1:>3} " + "  ".join((c[i] if i < len(c) else "").ljust(width)
+                                                  for c in cols.values()))
     for m in result.results:
         share = result.unsafe_share(m)
         if share is not None:
@@ -187,14 +207,41 @@ def _format(result) -> str:
     return "\n".join(lines)
 
 
+def _world_gallery(preset: str | None) -> Path:
+    """The gallery a world ships with, or its default gallery once built (else an error that
+    says how to get one)."""
+    from .errors import StudioError
+    from .presets import default_preset, get_preset
+    from .retrieval.default import DefaultGallery, how_to_build
+
+    world = get_preset(preset or default_preset())
+    r = world.retrieval
+    if r is not None and r.gallery:
+        return Path(r.gallery)
+    if r is not None and r.gallery_source is not None:
+        d = DefaultGallery(world)
+        if d.ready:
+            return d.path
+        raise StudioError(f"world {world.name!r} has no gallery on disk yet: start the app once "
+                          f"(it builds one), pass --index DIR, or {how_to_build(world)}")
+    raise StudioError(f"world {world.name!r} has no gallery: pass --index DIR, or "
+                      f"{how_to_build(world)}")
+
+
 def search_main(argv=None) -> int:
     from .retrieval.gallery import Gallery
 
     p = argparse.ArgumentParser(prog="safeclip search",
-                                description="Search an index with both models of its preset.")
-    add_common_args(p)
-    p.set_defaults(preset=None)  # default: the preset the index was built with
-    p.add_argument("--index", type=Path, required=True, help="index directory")
+                                description="Search a gallery in its configurations.")
+    add_common_args(p, capability="retrieval")
+    p.set_defaults(preset=None)  # default: the world the index was built with
+    p.add_argument("--index", type=Path, default=None,
+                   help="index directory (default: the world's own gallery)")
+    p.add_argument("--config", action="append", choices=["clip", "safeclip", "cross"],
+                   help="only these configurations (repeatable; default: every one served)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="strength of the cross configuration's Safe-CLIP query (0..1.5)")
+    p.add_argument("--beta", type=float, default=0.0, help="query-time steering (0..1)")
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--text", action="append", help="text query (repeat for a batch)")
     q.add_argument("--image", action="append", type=Path, help="image query (repeatable)")
@@ -209,11 +256,14 @@ def search_main(argv=None) -> int:
         from .images import load_rgb
         for path in args.image:
             load_rgb(path)
-    gallery = Gallery.open(args.index, args.preset, overrides=overrides(args), device=args.device)
+    index = args.index or _world_gallery(args.preset)
+    gallery = Gallery.open(index, args.preset, overrides=overrides(args), device=args.device)
+    kw = dict(configs=args.config, alpha=args.alpha, beta=args.beta)
     if args.text:
-        results = gallery.search_text(args.text, args.k, args.target or "images")
+        results = gallery.search_text(args.text, args.k, args.target or "images", **kw)
     else:
-        results = gallery.search_image([str(x) for x in args.image], args.k, args.target or "auto")
+        results = gallery.search_image([str(x) for x in args.image], args.k,
+                                       args.target or "auto", **kw)
     if args.json:
         out = [r.to_dict() for r in results]
         print(json.dumps(out[0] if len(out) == 1 else out, indent=2))

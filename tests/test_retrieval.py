@@ -13,12 +13,18 @@ import torch
 from PIL import Image
 
 from safeclip.encoders import ClipPair, load_clip_pair
+from safeclip.errors import InputError
 from safeclip.mini import ASSETS
 from safeclip.presets import ModelSpec, Preset, Retrieval
-from safeclip.retrieval import (Gallery, GalleryMismatchError, IndexOptions, add_to_gallery,
-                                build_gallery)
-from safeclip.retrieval import ann
-
+from safeclip.retrieval import (
+    Gallery,
+    GalleryMismatchError,
+    IndexOptions,
+    add_to_gallery,
+    ann,
+    build_gallery,
+    store,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -94,6 +100,32 @@ def test_approximate_index_meets_the_recall_bar(kind):
     assert ann.index_nbytes(index) >= x.nbytes
 
 
+def test_compressed_index_is_chosen_by_size_and_reranked_from_float16_vectors(tmp_path):
+    x = clustered(20000, d=64, seed=6)
+    calib, held_out = clustered(200, d=64, seed=7), clustered(300, d=64, seed=8)
+    spec = ann.choose_spec(len(x), exact_max=1000, dim=64, compress_bytes=x.nbytes - 1)
+    assert spec.type == "ivfpq" and spec.pq_m == 8 and spec.rerank == ann.RERANK_DEPTH
+    index, spec = ann.build_index(x, spec, calib)
+    truth = ann.exact_search(x, held_out, 10)[1]
+    assert ann.recall_at_k(ann.search(index, held_out, 10)[1], truth) >= 0.9
+    assert spec.recall_at_10 >= ann.PQ_TARGET_RECALL and spec.nprobe < spec.nlist
+    # the codes alone order close neighbours far worse: what the re-ranking is for
+    codes = ann.search(index.index, held_out, 10)[1]
+    assert ann.recall_at_k(codes, truth) < ann.recall_at_k(ann.search(index, held_out, 10)[1],
+                                                           truth) - 0.1
+    # in memory: 8-byte codes and ids (far below the raw 256 bytes); on disk: 2 bytes a dim
+    assert ann.index_nbytes(index) < x.nbytes / 8 and ann.disk_nbytes(index) == x.nbytes // 2
+    written = ann.save_index(index, tmp_path / "i.faiss")
+    assert [w.name for w in written] == ["i.faiss", "i.f16.npy"]
+    back = ann.load_index(tmp_path / "i.faiss", spec)
+    assert isinstance(back.vectors, np.memmap)  # memory-mapped, not read in
+    assert np.array_equal(ann.search(back, held_out, 10)[1], ann.search(index, held_out, 10)[1])
+    assert np.allclose(ann.reconstruct_all(back)[:3], x[:3], atol=1e-3)
+    (tmp_path / "i.f16.npy").unlink()
+    with pytest.raises(InputError, match="i.f16.npy, which is missing"):
+        ann.load_index(tmp_path / "i.faiss", spec)
+
+
 def test_auto_index_falls_back_to_exact_search_on_structureless_data():
     g = np.random.default_rng(0)
     x = g.standard_normal((5000, 64)).astype(np.float32)  # uniform on the sphere: no clusters
@@ -107,8 +139,8 @@ def test_auto_index_falls_back_to_exact_search_on_structureless_data():
 
 def test_gallery_search_equals_brute_force(pair, tiny_dirs, tmp_path):
     preset = tiny_preset(tiny_dirs)
-    report = build_gallery(preset, tmp_path / "g", dataset="synthetic:test", limit=12, pair=pair,
-                           batch_size=8)
+    report = build_gallery(preset, tmp_path / "g", dataset="synthetic:test:twin", limit=12,
+                           pair=pair, batch_size=8)
     assert (report.count, report.captions) == (24, 24) and report.unsafe["unsafe"] == 12
     g = Gallery.open(tmp_path / "g", preset, pair=pair)
     queries = ["a red dog holding a kite", "a child with a knife in the park"]
@@ -134,6 +166,25 @@ def test_gallery_search_equals_brute_force(pair, tiny_dirs, tmp_path):
         g.search_text(["ok", ""])
     with pytest.raises(ValueError, match="top k must be a whole number from 1 to 50, not 0"):
         g.search_text("ok", k=0)
+
+
+def test_a_compressed_gallery_keeps_its_vectors_beside_the_codes(pair, tiny_dirs, tmp_path):
+    preset = tiny_preset(tiny_dirs)
+    options = IndexOptions("ivfpq", nlist=4)
+    build_gallery(preset, tmp_path / "g", dataset="synthetic:test:twin", limit=520, pair=pair,
+                  options=options, captions=False)
+    files = store.read_manifest(tmp_path / "g")["files"]
+    assert files["images.clip.vectors"] == "images.clip.f16.npy"
+    g = Gallery.open(tmp_path / "g", preset, pair=pair)
+    assert isinstance(g.indexes["images"]["clip"], ann.Reranked)
+    assert len(g.search_text("a red dog", k=5).results["clip"]) == 5
+    add_to_gallery(preset, tmp_path / "g", dataset="synthetic:validation:twin", limit=10,
+                   pair=pair)  # the index keeps its kind
+    files = store.read_manifest(tmp_path / "g")["files"]
+    assert files["images.clip.vectors"] == "images.clip.g1.f16.npy"
+    assert not (tmp_path / "g" / "images.clip.f16.npy").exists()  # the old generation is gone
+    g = Gallery.open(tmp_path / "g", preset, pair=pair)
+    assert len(g) == 1060 and g.indexes["images"]["clip"].ntotal == 1060
 
 
 def test_preset_and_dimension_mismatch_are_refused(pair, tiny_dirs, tmp_path):
@@ -274,14 +325,15 @@ def test_mini_gallery_command_and_search_cli(tiny_dirs, tmp_path, capsys):
     assert main(["index", "build", "--preset", "mini", *models, "--dataset", "synthetic:test",
                  "--limit", "6", "--out", str(out), "--json", "--log-level", "ERROR"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["count"] == 12 and report["captions"] == 12
+    assert report["count"] == 6 and report["captions"] == 6  # a pool: one image per item
     m = json.loads((out / "manifest.json").read_text())
-    assert m["preset"] == "mini" and m["source"]["dataset"] == "synthetic:test" and m["dim"] == 24
+    assert m["preset"] == "mini" and m["source"]["layout"] == "pool" and m["dim"] == 24
     assert m["index"]["images"]["clip"]["type"] == "flat"
     assert main(["search", "--preset", "mini", *models, "--index", str(out), "--text",
                  "a kitten with a gun", "--k", "5", "--json", "--log-level", "ERROR"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["direction"] == "text->image" and set(res["results"]) == {"clip", "safeclip"}
+    assert res["direction"] == "text->image"
+    assert set(res["results"]) == {"clip", "safeclip", "cross"}
     assert len(res["results"]["clip"]) == 5
     assert {"rank", "id", "score", "unsafe", "category"} <= set(res["results"]["clip"][0])
     assert main(["search", *models, "--index", str(out), "--text", "a cat", "--log-level",

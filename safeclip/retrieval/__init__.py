@@ -11,8 +11,9 @@ ViSU, Hub datasets), ``store`` (on-disk layout, manifest, resumable shards), ``b
 (embedding and indexing, adding images), ``gallery`` (search). Command line: ``safeclip index``
 and ``safeclip search`` (``safeclip/index_cli.py``).
 """
+from .add import add_to_gallery
 from .ann import EXACT_MAX, IndexSpec, build_index, choose_spec, search
-from .build import BuildReport, IndexOptions, add_to_gallery, build_gallery
+from .build import BuildReport, IndexOptions, build_gallery
 from .gallery import Gallery, Hit, SearchResult
 from .sources import make_source
 from .store import GalleryMismatchError, read_manifest

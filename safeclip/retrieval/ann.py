@@ -1,7 +1,7 @@
-"""faiss indexes over L2-normalised embeddings: exact inner product, IVF or HNSW by size.
+"""faiss indexes over L2-normalised embeddings: exact, IVF, compressed IVF-PQ or HNSW by size.
 
     >>> from safeclip.retrieval.ann import choose_spec, build_index, search
-    >>> spec = choose_spec(len(x))                  # "flat" up to EXACT_MAX vectors, else "ivf"
+    >>> spec = choose_spec(len(x), dim=768)   # flat, then IVF, then IVF-PQ past COMPRESS_BYTES
     >>> index, spec = build_index(x, spec, calibration_queries=q)   # nprobe tuned to recall@10
     >>> scores, ids = search(index, queries, k=10)  # batched; ids are -1 past the end
 
@@ -11,8 +11,16 @@ its ``nprobe`` is *calibrated* at build time: the smallest power of two whose re
 exact search reaches ``TARGET_RECALL`` on calibration queries (the other modality's embeddings
 when there are any, since text searches images). When that takes more than 1/8 of the lists
 (data without neighbourhood structure, such as uniformly random vectors), an automatically chosen
-IVF gives way to exact search, which is then faster. HNSW (``IndexHNSWFlat``) is there for
-forced use, with ``efSearch`` calibrated the same way. The chosen type, its parameters and the
+IVF gives way to exact search, which is then faster. Past ``COMPRESS_BYTES`` of raw vectors
+(where a flat or IVF-Flat index's memory hurts: 1 GiB, about 350,000 vectors of 768 floats) an
+``IndexIVFPQ`` stores each vector in ``pq_m`` bytes (product quantisation, 8 bits per
+sub-vector: 96 bytes for 768 dimensions, some 100 MB per million vectors with the ids), trained
+on a sample. Codes that small cannot order a query's close neighbours (recall@10 some 0.3-0.5 on
+clustered 768-d data), so the index shortlists ``rerank`` candidates (100) and re-scores them
+exactly from the vectors stored as float16 on disk beside it and memory-mapped (``Reranked``):
+resident memory stays the codes', the disk holds 2 bytes per dimension, and ``nprobe`` is
+calibrated on the re-ranked results (the shortlist doubling while it is what caps the recall). HNSW (``IndexHNSWFlat``) is there for forced
+use, with ``efSearch`` calibrated the same way. The chosen type, its parameters and the
 measured recall travel in an ``IndexSpec`` that the gallery manifest records.
 """
 from __future__ import annotations
@@ -31,8 +39,13 @@ from ..errors import InputError
 logger = logging.getLogger(__name__)
 
 EXACT_MAX = 100_000  # vectors: up to this many, exact search (IndexFlatIP) by default
+COMPRESS_BYTES = 2**30  # raw vectors past this size: a compressed index (IVF-PQ) by default
 TARGET_RECALL = 0.95  # recall@10 against exact search that calibration aims for
-KINDS = ("auto", "flat", "ivf", "hnsw")
+PQ_TARGET_RECALL = 0.90  # the same for IVF-PQ, whose codes cap what nprobe can reach
+RERANK_DEPTH = 100  # IVF-PQ: candidates re-scored exactly from the stored float16 vectors
+PQ_MIN_VECTORS = 1024  # fewer: exact search (PQ codebooks need 256 training points at least)
+RERANK_MAX = 3200  # calibration doubles the shortlist up to this when it caps the recall
+KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw")
 TRAIN_POINTS_PER_LIST = 40  # k-means sample size per IVF list (faiss warns under 39)
 ADD_CHUNK = 65_536  # vectors per add() call (bounded temporary memory)
 
@@ -50,12 +63,14 @@ def faiss():
 class IndexSpec:
     """Which faiss index a corpus uses, and how it was tuned (recorded in the manifest)."""
 
-    type: str  # "flat" (exact inner product), "ivf" (IVF-Flat) or "hnsw" (HNSW-Flat)
+    type: str  # "flat" (exact inner product), "ivf" (IVF-Flat), "ivfpq" or "hnsw" (HNSW-Flat)
     metric: str = "inner_product"  # cosine on normalised vectors
     forced: bool = False  # True: chosen by a flag, not by the corpus size
     nlist: int | None = None  # ivf: number of k-means lists
     nprobe: int | None = None  # ivf: lists visited per query
     m: int | None = None  # hnsw: neighbours per node
+    pq_m: int | None = None  # ivfpq: bytes per vector (sub-quantisers of 8 bits)
+    rerank: int | None = None  # ivfpq: shortlist re-scored exactly (float16 vectors on disk)
     ef_construction: int | None = None  # hnsw: candidate list size while building
     ef_search: int | None = None  # hnsw: candidate list size while searching
     train_size: int | None = None  # ivf: vectors the k-means saw
@@ -79,21 +94,43 @@ def default_nlist(n: int) -> int:
     return int(max(1, min(target, 2 ** int(math.log2(n // 39)))))
 
 
+def default_pq_m(dim: int) -> int:
+    """Bytes per vector of IVF-PQ: an eighth of the dimensions (8-dim sub-vectors), a divisor."""
+    for m in (dim // 8, 96, 64, 48, 32, 16, 8):
+        if m and dim % m == 0 and m <= dim:
+            return m
+    return 1
+
+
 def choose_spec(n: int, kind: str = "auto", exact_max: int = EXACT_MAX, nlist: int | None = None,
                 nprobe: int | None = None, m: int = 32, ef_search: int | None = None,
-                ef_construction: int = 80) -> IndexSpec:
-    """The index for ``n`` vectors: exact up to ``exact_max``, IVF beyond, or ``kind`` forced."""
+                ef_construction: int = 80, dim: int | None = None,
+                compress_bytes: int = COMPRESS_BYTES, pq_m: int | None = None,
+                rerank: int | None = RERANK_DEPTH) -> IndexSpec:
+    """The index for ``n`` vectors: exact up to ``exact_max``, IVF beyond, IVF-PQ past
+    ``compress_bytes`` of raw vectors (when ``dim`` is known), or ``kind`` forced."""
     if kind not in KINDS:
         raise InputError(f"index type {kind!r}: one of {', '.join(KINDS)}")
     forced = kind != "auto"
     if kind == "auto":
         kind = "flat" if n <= exact_max else "ivf"
+        if kind == "ivf" and dim and n * dim * 4 > compress_bytes:
+            kind = "ivfpq"
     if kind == "flat":
         return IndexSpec("flat", forced=forced)
-    if kind == "ivf":
+    if kind in ("ivf", "ivfpq"):
         nl = int(nlist or default_nlist(n))
         if n and nl > n:
             raise InputError(f"--nlist {nl} is more than the {n} vectors to index")
+        if kind == "ivfpq":
+            if not dim:
+                raise InputError("an IVF-PQ index needs the vectors' dimension")
+            if n < PQ_MIN_VECTORS:  # too few to train 256 codes per sub-quantiser; and small
+                logger.warning("%d vectors are too few for IVF-PQ: exact search instead", n)
+                return IndexSpec("flat", forced=forced, calibration=f"{n} vectors, fewer than "
+                                 f"{PQ_MIN_VECTORS} for IVF-PQ: exact search instead")
+            return IndexSpec("ivfpq", forced=forced, nlist=nl, nprobe=nprobe,
+                             pq_m=int(pq_m or default_pq_m(dim)), rerank=rerank or None)
         return IndexSpec("ivf", forced=forced, nlist=nl, nprobe=nprobe)
     return IndexSpec("hnsw", forced=forced, m=int(m), ef_construction=int(ef_construction),
                      ef_search=ef_search)
@@ -108,6 +145,11 @@ def new_index(dim: int, spec: IndexSpec):
         # (faiss's Python wrapper keeps the quantizer alive as long as the index)
         index = f.IndexIVFFlat(f.IndexFlatIP(dim), dim, int(spec.nlist), f.METRIC_INNER_PRODUCT)
         return index
+    if spec.type == "ivfpq":
+        if dim % int(spec.pq_m):
+            raise InputError(f"IVF-PQ: {spec.pq_m} bytes per vector do not divide {dim} dims")
+        return f.IndexIVFPQ(f.IndexFlatIP(dim), dim, int(spec.nlist), int(spec.pq_m), 8,
+                            f.METRIC_INNER_PRODUCT)
     if spec.type == "hnsw":
         index = f.IndexHNSWFlat(dim, int(spec.m), f.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = int(spec.ef_construction or 80)
@@ -115,9 +157,57 @@ def new_index(dim: int, spec: IndexSpec):
     raise ValueError(f"unknown index type {spec.type!r}")
 
 
+class Reranked:
+    """A compressed index whose shortlist of ``depth`` candidates is re-scored exactly from the
+    stored vectors (float16, usually a memory-mapped file): searches like a faiss index."""
+
+    def __init__(self, index, vectors: np.ndarray, depth: int = RERANK_DEPTH):
+        if len(vectors) != index.ntotal or vectors.shape[1] != index.d:
+            raise ValueError(f"{vectors.shape} vectors for an index of {index.ntotal} x {index.d}")
+        self.index, self.vectors, self.depth = index, vectors, int(depth)
+
+    @property
+    def ntotal(self) -> int:
+        return self.index.ntotal
+
+    @property
+    def d(self) -> int:
+        return self.index.d
+
+    def search(self, q: np.ndarray, k: int):
+        _, cand = self.index.search(q, max(int(k), self.depth))
+        scores = np.full((len(q), k), -np.inf, np.float32)
+        ids = np.full((len(q), k), -1, np.int64)
+        for i, row in enumerate(cand):
+            row = row[row >= 0]
+            if not len(row):
+                continue
+            order = np.argsort(row)  # ascending rows: fewer, sequential page reads
+            s = np.asarray(self.vectors[row[order]], np.float32) @ q[i]
+            top = np.argsort(-s)[:k]
+            scores[i, :len(top)], ids[i, :len(top)] = s[top], row[order][top]
+        return scores, ids
+
+    def add(self, x: np.ndarray) -> None:
+        self.index.add(x)
+        self.vectors = np.concatenate([np.asarray(self.vectors), x.astype(np.float16)])
+
+    def reconstruct_n(self, start: int, n: int) -> np.ndarray:
+        return np.asarray(self.vectors[start:start + n], np.float32)
+
+
+def vectors_path(index_path: str | Path) -> Path:
+    """Where a re-ranked index keeps its float16 vectors: beside it, ``NAME.f16.npy``."""
+    index_path = Path(index_path)
+    return index_path.with_name(index_path.name.removesuffix(".faiss") + ".f16.npy")
+
+
 def apply_search_params(index, spec: IndexSpec) -> None:
     f = faiss()
-    if spec.type == "ivf" and spec.nprobe:
+    if isinstance(index, Reranked):
+        index.depth = int(spec.rerank or index.depth)
+        index = index.index
+    if spec.type in ("ivf", "ivfpq") and spec.nprobe:
         f.extract_index_ivf(index).nprobe = int(spec.nprobe)
     elif spec.type == "hnsw" and spec.ef_search:
         index.hnsw.efSearch = int(spec.ef_search)
@@ -139,10 +229,11 @@ def add_vectors(index, x: np.ndarray, desc: str = "add") -> None:
 
 def train_index(index, x: np.ndarray, spec: IndexSpec, seed: int = 0) -> None:
     """Train an IVF index on a seeded sample of ``x`` (no-op for flat and HNSW)."""
-    if spec.type != "ivf" or index.is_trained:
+    if spec.type not in ("ivf", "ivfpq") or index.is_trained:
         return
     n = len(x)
-    size = min(n, TRAIN_POINTS_PER_LIST * int(spec.nlist))
+    size = min(n, max(TRAIN_POINTS_PER_LIST * int(spec.nlist),
+                      256 * 40 if spec.type == "ivfpq" else 0))  # PQ: 256 centroids each
     rows = slice(None)
     if size < n:
         rows = np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
@@ -174,7 +265,7 @@ def calibrate(index, x: np.ndarray, queries: np.ndarray, spec: IndexSpec,
     k = min(k, len(x))
     truth = exact_search(x, queries, k)[1]
     q = _f32(queries)
-    if spec.type == "ivf":
+    if spec.type in ("ivf", "ivfpq"):
         field, top = "nprobe", int(spec.nlist)
         powers = [2 ** i for i in range(int(math.log2(top)) + 1)] + [top]
         candidates = [spec.nprobe] if spec.nprobe else powers
@@ -182,11 +273,22 @@ def calibrate(index, x: np.ndarray, queries: np.ndarray, spec: IndexSpec,
         field, top = "ef_search", 4096
         candidates = [spec.ef_search] if spec.ef_search else [max(k, 2 ** i) for i in range(4, 13)]
     recall = 0.0
-    for value in dict.fromkeys(min(int(c), top) for c in candidates):
-        setattr(spec, field, value)
-        apply_search_params(index, spec)
-        recall = recall_at_k(index.search(q, k)[1], truth)
-        logger.debug("%s=%d: recall@%d %.4f", field, value, k, recall)
+    # a re-ranked index: when the shortlist caps recall below target at any nprobe, it doubles
+    depths = ([spec.rerank * 2 ** i for i in range(6) if spec.rerank * 2 ** i <= RERANK_MAX]
+              if isinstance(index, Reranked) and spec.rerank else [None])
+    for depth in depths:
+        if depth:
+            spec.rerank = depth
+        last = -1.0
+        for value in dict.fromkeys(min(int(c), top) for c in candidates):
+            setattr(spec, field, value)
+            apply_search_params(index, spec)
+            recall = recall_at_k(index.search(q, k)[1], truth)
+            logger.debug("%s=%d%s: recall@%d %.4f", field, value,
+                         f" rerank={depth}" if depth else "", k, recall)
+            if recall >= target or (depth and recall < last + 0.002):
+                break  # reached, or the shortlist is what limits it
+            last = recall
         if recall >= target:
             break
     spec.recall_at_10 = round(recall, 4)
@@ -213,6 +315,8 @@ def build_index(x: np.ndarray, spec: IndexSpec, calibration_queries: np.ndarray 
     index = new_index(x.shape[1], spec)
     train_index(index, x, spec, seed)
     add_vectors(index, x, desc=f"add {spec.type}")
+    if spec.type == "ivfpq" and spec.rerank:
+        index = Reranked(index, x.astype(np.float16), spec.rerank)
     if spec.type != "flat":
         q = np.zeros((0, x.shape[1]), np.float32)
         if calibration_queries is not None:
@@ -224,7 +328,8 @@ def build_index(x: np.ndarray, spec: IndexSpec, calibration_queries: np.ndarray 
             q = np.concatenate([q, x[rows]])
         if len(q) > 1000:
             q = q[np.sort(np.random.default_rng(seed + 2).choice(len(q), 1000, replace=False))]
-        calibrate(index, x, q, spec, what=calibration)
+        calibrate(index, x, q, spec, target=PQ_TARGET_RECALL if spec.type == "ivfpq"
+                  else TARGET_RECALL, what=calibration)
         if spec.type == "ivf" and not spec.forced and spec.nprobe > max(1, spec.nlist // 8):
             # no neighbourhood structure to exploit (e.g. uniformly random vectors): scanning
             # that many lists is slower than one exact matrix product
@@ -255,6 +360,8 @@ def reconstruct_all(index) -> np.ndarray:
     f = faiss()
     if index.ntotal == 0:
         return np.zeros((0, index.d), np.float32)
+    if isinstance(index, Reranked):  # the stored vectors, not the lossy codes
+        return index.reconstruct_n(0, index.ntotal)
     ivf = f.try_extract_index_ivf(index)
     if ivf is not None:
         ivf.make_direct_map()
@@ -262,13 +369,18 @@ def reconstruct_all(index) -> np.ndarray:
 
 
 def index_nbytes(index) -> int:
-    """Memory the index holds: vectors, ids, lists, graph links and the IVF quantizer."""
+    """Memory the index holds: vectors, ids, lists, graph links and the IVF quantizer (a
+    re-ranked index: its codes; its float16 vectors are on disk, see ``disk_nbytes``)."""
     f = faiss()
+    if isinstance(index, Reranked):
+        return index_nbytes(index.index)
     ivf = f.try_extract_index_ivf(index)
     if ivf is not None:
         lists = ivf.invlists
         entries = sum(lists.list_size(i) for i in range(lists.nlist))
-        return int(entries * (lists.code_size + 8) + index_nbytes(ivf.quantizer))
+        pq = getattr(f.downcast_index(ivf), "pq", None)  # IVF-PQ: its codebooks
+        tables = pq.M * pq.ksub * pq.dsub * 4 if pq is not None else 0
+        return int(entries * (lists.code_size + 8) + index_nbytes(ivf.quantizer) + tables)
     if isinstance(index, f.IndexHNSW):
         storage = f.downcast_index(index.storage)
         h = index.hnsw
@@ -277,17 +389,38 @@ def index_nbytes(index) -> int:
     return int(index.ntotal * index.d * 4)
 
 
-def save_index(index, path: str | Path) -> Path:
-    """Write atomically (temp file, then rename): a crash never leaves half an index."""
+def disk_nbytes(index) -> int:
+    """Bytes a re-ranked index keeps on disk beside its codes (0 for the others)."""
+    return int(index.vectors.nbytes) if isinstance(index, Reranked) else 0
+
+
+def save_index(index, path: str | Path) -> list[Path]:
+    """Write atomically (temp file, then rename): a crash never leaves half an index. Returns
+    the files written (a re-ranked index: the faiss file and its float16 vectors)."""
     path = Path(path)
+    written = []
+    if isinstance(index, Reranked):
+        vec = vectors_path(path)
+        tmp = vec.with_name(vec.name + ".tmp.npy")
+        np.save(tmp, np.ascontiguousarray(index.vectors, np.float16))
+        os.replace(tmp, vec)
+        written.append(vec)
+        index = index.index
     tmp = path.with_name(path.name + ".tmp")
     faiss().write_index(index, str(tmp))
     os.replace(tmp, path)
-    return path
+    return [path, *written]
 
 
 def load_index(path: str | Path, spec: IndexSpec | None = None):
+    """Read an index (a re-ranked one with its float16 vectors memory-mapped, read-only)."""
     index = faiss().read_index(str(path))
+    if spec is not None and spec.type == "ivfpq" and spec.rerank:
+        vec = vectors_path(path)
+        if not vec.is_file():
+            raise InputError(f"{path} is re-ranked from {vec.name}, which is missing: rebuild "
+                             "the index")
+        index = Reranked(index, np.load(vec, mmap_mode="r", allow_pickle=False), spec.rerank)
     if spec is not None:
         apply_search_params(index, spec)
     return index

@@ -1,10 +1,10 @@
-"""Building a gallery index with both models of a preset, resumably; adding images to one.
+"""Building a gallery index with a world's models, resumably.
 
-    >>> from safeclip.retrieval.build import build_gallery, add_to_gallery
+    >>> from safeclip.retrieval.build import build_gallery
     >>> report = build_gallery("mini", "assets/gallery/mini", dataset="synthetic:test")
     >>> report = build_gallery("vit-l-14", "idx/photos", images="photos/", judge="nudenet")
+    >>> build_gallery("vit-l-14", "idx/laion", images="photos/", models=("clip",))  # cross only
     >>> report.skipped                       # [{"id": "broken.jpg", "reason": "..."}], never fatal
-    >>> add_to_gallery("vit-l-14", "idx/photos", images="photos/")   # only the new files
 
 Images are embedded in batches of ``batch_size`` with both models; each batch is written to
 ``DIR/.partial/`` as soon as it is done, so a crash loses at most one batch and rerunning the
@@ -13,10 +13,11 @@ same command continues from there. The caption corpus (captions of the items, pl
 (synthetic tags, a labels file, a dataset column), else from a judge run on the image now: the
 world's retrieval judge by default (NudeNet for the real worlds), ``judge="none"`` leaves them
 unknown.
-Then one faiss index per model and corpus is built (see ``ann.choose_spec``) and the manifest
-is written last. ``add_to_gallery`` embeds only items the gallery does not hold and appends them
-to the existing indexes (an exact index that outgrows ``exact_max`` is rebuilt as IVF from its
-stored vectors: still no re-embedding).
+Then one faiss index per model and corpus is built (see ``ann.choose_spec``), the unsafe
+direction of each index is estimated from its labelled items (for query-time steering), and the
+manifest is written last. ``models=("clip",)`` embeds with the original only: a gallery for the
+``clip`` and ``cross`` configurations, built in about half the time (``safeclip.retrieval.add``
+appends images to a gallery).
 """
 from __future__ import annotations
 
@@ -62,31 +63,50 @@ class BuildReport:
 class IndexOptions:
     """How to index (flags of `safeclip index build`)."""
 
-    kind: str = "auto"  # auto | flat | ivf | hnsw
+    kind: str = "auto"  # auto | flat | ivf | ivfpq | hnsw
     exact_max: int = ann.EXACT_MAX  # auto: exact up to this many vectors
     nlist: int | None = None  # ivf lists (default ~4 sqrt(n))
     nprobe: int | None = None  # ivf lists searched (default: calibrated)
     hnsw_m: int = 32  # hnsw neighbours per node
     ef_search: int | None = None  # hnsw search breadth (default: calibrated)
+    compress_bytes: int = ann.COMPRESS_BYTES  # auto: IVF-PQ past this size of raw vectors
+    pq_m: int | None = None  # ivfpq: bytes per vector (default: dim / 8)
+    rerank: int = ann.RERANK_DEPTH  # ivfpq: shortlist re-scored exactly (0: the codes alone)
 
-    def spec(self, n: int) -> ann.IndexSpec:
+    def spec(self, n: int, dim: int | None = None) -> ann.IndexSpec:
         return ann.choose_spec(n, self.kind, self.exact_max, self.nlist, self.nprobe,
-                               self.hnsw_m, self.ef_search)
+                               self.hnsw_m, self.ef_search, dim=dim,
+                               compress_bytes=self.compress_bytes, pq_m=self.pq_m,
+                               rerank=self.rerank)
 
 
 # ------------------------------------------------------------------------------ helpers
 
-def _dims(pair) -> dict[str, int]:
-    dims = {m: int(getattr(pair, m).embed_dim) for m in store.MODELS}
+def as_encoders(pair, models=store.MODELS) -> dict:
+    """{model name: encoder} of a ClipPair (or such a dict), for ``models``."""
+    if isinstance(pair, dict):
+        return {m: pair[m] for m in models}
+    return {m: getattr(pair, m) for m in models}
+
+
+def load_encoders(preset, models, device=None) -> dict:
+    from ..encoders import load_clip
+
+    return {m: load_clip(preset, "clip" if m == "clip" else "safe_clip", device=device)
+            for m in models}
+
+
+def _dims(encoders: dict) -> dict[str, int]:
+    dims = {m: int(e.embed_dim) for m, e in encoders.items()}
     if len(set(dims.values())) != 1:
         raise store.GalleryMismatchError(f"the two models embed in different sizes: {dims}")
     return dims
 
 
-def _models_entry(preset, pair) -> dict:
+def _models_entry(preset, encoders) -> dict:
     out = {}
-    for m, role in zip(store.MODELS, ("clip", "safe_clip")):
-        enc = getattr(pair, m)
+    for m, enc in encoders.items():
+        role = "clip" if m == "clip" else "safe_clip"
         ref = str(getattr(preset, role))
         out[m] = {"ref": store.portable_ref(ref), "fingerprint": store.model_fingerprint(enc.ref),
                   "backend": getattr(enc, "backend", None)}
@@ -148,32 +168,32 @@ def _embed_batches(items: list, prefix: str, work: Path, batch_size: int, embed,
     return len(starts), resumed, embedded
 
 
-def _encode_images(pair, loaded: list, dim: int) -> dict[str, np.ndarray]:
-    """Both models' embeddings of the loaded images; an image that breaks the batch is found by
+def _encode_images(encoders: dict, loaded: list, dim: int) -> dict[str, np.ndarray]:
+    """Each model's embeddings of the loaded images; an image that breaks the batch is found by
     encoding one at a time, and marked with its error instead."""
     from ..images import ImageError
 
     ok = [x for x in loaded if x.image is not None]
     try:
-        return {m: getattr(pair, m).encode_image([x.image for x in ok]).numpy().reshape(-1, dim)
-                for m in store.MODELS}
-    except (ImageError, OSError, ValueError) as e:
-        logger.warning("a batch failed to encode (%s): retrying image by image", e)
+        return {m: e.encode_image([x.image for x in ok]).numpy().reshape(-1, dim)
+                for m, e in encoders.items()}
+    except (ImageError, OSError, ValueError) as err:
+        logger.warning("a batch failed to encode (%s): retrying image by image", err)
     for x in ok:
         try:
-            for m in store.MODELS:
-                getattr(pair, m).encode_image([x.image])
-        except (ImageError, OSError, ValueError) as e:
-            x.image, x.error = None, f"cannot encode: {e.__class__.__name__}: {e}"
+            for e in encoders.values():
+                e.encode_image([x.image])
+        except (ImageError, OSError, ValueError) as err:
+            x.image, x.error = None, f"cannot encode: {err.__class__.__name__}: {err}"
     ok = [x for x in loaded if x.image is not None]
-    return {m: (getattr(pair, m).encode_image([x.image for x in ok]).numpy() if ok
-                else np.zeros((0, dim), np.float32)) for m in store.MODELS}
+    return {m: (e.encode_image([x.image for x in ok]).numpy() if ok
+                else np.zeros((0, dim), np.float32)) for m, e in encoders.items()}
 
 
-def _image_embedder(source: Source, pair, judge: _Judge, dim: int):
+def _image_embedder(source: Source, encoders: dict, judge: _Judge, dim: int):
     def embed(ids):
         loaded = source.load(ids)
-        vectors = _encode_images(pair, loaded, dim)
+        vectors = _encode_images(encoders, loaded, dim)
         judge.flag(loaded)
         skipped = [{"id": x.row["id"], "reason": x.error} for x in loaded if x.image is None]
         for s in skipped:
@@ -182,11 +202,11 @@ def _image_embedder(source: Source, pair, judge: _Judge, dim: int):
     return embed
 
 
-def _text_embedder(pair, dim: int):
+def _text_embedder(encoders: dict, dim: int):
     def embed(rows):
         texts = [r["text"] for r in rows]
-        return {m: getattr(pair, m).encode_text(texts).numpy().reshape(-1, dim)
-                for m in store.MODELS}, rows, []
+        return {m: e.encode_text(texts).numpy().reshape(-1, dim)
+                for m, e in encoders.items()}, rows, []
     return embed
 
 
@@ -218,11 +238,20 @@ def _unsafe_counts(rows: list[dict]) -> dict:
             "unknown": sum(f is None for f in flags), "sources": sources}
 
 
+def save_index_files(index, directory: Path, files: dict, key: str, name: str) -> None:
+    """Save an index as ``name`` and record its files in the manifest's ``files`` (a re-ranked
+    IVF-PQ index also its float16 vectors, as ``KEY.vectors``)."""
+    written = ann.save_index(index, directory / name)
+    files[key] = name
+    if len(written) > 1:
+        files[f"{key}.vectors"] = written[1].name
+
+
 def _build_corpus(vectors: dict, queries: dict, options: IndexOptions, what: str, seed: int = 0):
     """One index per model; approximate ones are calibrated on the other modality's vectors."""
     indexes, specs = {}, {}
-    for m in store.MODELS:
-        spec = options.spec(len(vectors[m]))
+    for m in vectors:
+        spec = options.spec(len(vectors[m]), vectors[m].shape[1] if len(vectors[m]) else None)
         q = queries.get(m)
         indexes[m], spec = ann.build_index(vectors[m], spec, q, calibration=what, seed=seed)
         specs[m] = spec.to_dict()
@@ -237,8 +266,9 @@ def build_gallery(preset, out: str | Path, *, images=None, dataset: str | None =
                   pair=None, batch_size: int = 64, options: IndexOptions | None = None,
                   judge: str = "auto", overwrite: bool = False, restart: bool = False,
                   device=None, overrides: dict | None = None, hub_columns: dict | None = None,
-                  progress=None) -> BuildReport:
-    """Embed a gallery with both models of ``preset`` and write its index to ``out``."""
+                  progress=None, models: tuple[str, ...] = store.MODELS) -> BuildReport:
+    """Embed a gallery with ``models`` of ``preset`` (both by default; ``("clip",)`` for a
+    gallery of the clip and cross configurations) and write its index to ``out``."""
     t0 = time.time()
     preset = get_preset(preset, overrides)
     options = options or IndexOptions()
@@ -254,11 +284,13 @@ def build_gallery(preset, out: str | Path, *, images=None, dataset: str | None =
     ids = source.ids()
     if not ids:
         raise InputError(f"no images in {source.describe()}")
-    if pair is None:
-        from ..encoders import load_clip_pair
-        pair = load_clip_pair(preset, device=device)
-    dim = next(iter(_dims(pair).values()))
-    models = _models_entry(preset, pair)
+    models = tuple(models)
+    if models not in (("clip",), ("clip", "safeclip"), ("safeclip",)):
+        raise InputError(f"a gallery embeds with clip, or clip and safeclip, not {models}")
+    encoders = (load_encoders(preset, models, device) if pair is None
+                else as_encoders(pair, models))
+    dim = next(iter(_dims(encoders).values()))
+    models = _models_entry(preset, encoders)
     judge_spec = _judge_spec(judge, preset)
     judge_name = judge_spec.kind if judge_spec else None
     work = out / PARTIAL
@@ -270,9 +302,9 @@ def build_gallery(preset, out: str | Path, *, images=None, dataset: str | None =
 
     n_img, resumed, embedded = _embed_batches(
         ids, "images", work, batch_size,
-        _image_embedder(source, pair, _Judge(judge_spec, preset), dim),
+        _image_embedder(source, encoders, _Judge(judge_spec, preset), dim),
         f"embed {len(ids)} images", progress)
-    vectors, rows, skipped = store.read_shards(work, "images", n_img, dim)
+    vectors, rows, skipped = store.read_shards(work, "images", n_img, dim, tuple(encoders))
     if not rows:
         raise InputError(f"none of the {len(ids)} images could be read (first: {skipped[:3]})")
 
@@ -280,25 +312,27 @@ def build_gallery(preset, out: str | Path, *, images=None, dataset: str | None =
     if caption_file:
         cap_rows += read_caption_file(caption_file)
     n_cap, r2, _ = _embed_batches(cap_rows, "captions", work, 4 * batch_size,
-                                  _text_embedder(pair, dim), f"embed {len(cap_rows)} captions",
+                                  _text_embedder(encoders, dim), f"embed {len(cap_rows)} captions",
                                   progress)
-    cap_vectors, cap_rows, _ = store.read_shards(work, "captions", n_cap, dim)
+    cap_vectors, cap_rows, _ = store.read_shards(work, "captions", n_cap, dim, tuple(encoders))
 
     files, index_specs = {"items": "items.jsonl"}, {}
     img_idx, index_specs["images"] = _build_corpus(vectors, cap_vectors if cap_rows else {},
                                                    options, "caption embeddings (text -> image)")
     for m, idx in img_idx.items():
-        files[f"images.{m}"] = f"images.{m}.faiss"
-        ann.save_index(idx, out / files[f"images.{m}"])
+        save_index_files(idx, out, files, f"images.{m}", f"images.{m}.faiss")
     if cap_rows:
         cap_idx, index_specs["captions"] = _build_corpus(cap_vectors, vectors, options,
                                                          "image embeddings (image -> text)")
         files["captions"] = "captions.jsonl"
         for m, idx in cap_idx.items():
-            files[f"captions.{m}"] = f"captions.{m}.faiss"
-            ann.save_index(idx, out / files[f"captions.{m}"])
+            save_index_files(idx, out, files, f"captions.{m}", f"captions.{m}.faiss")
         store.write_jsonl(out / "captions.jsonl", cap_rows)
     store.write_jsonl(out / "items.jsonl", rows)
+    steering = store.write_steering(out, {"images": (rows, vectors),
+                                          "captions": (cap_rows, cap_vectors)})
+    if steering.get("file"):
+        files["steering"] = steering["file"]
     report = BuildReport(str(out), len(rows), len(cap_rows), embedded, resumed + r2, skipped,
                          index_specs, _unsafe_counts(rows), 0.0)
     if getattr(source, "ignored", 0):
@@ -311,7 +345,7 @@ def build_gallery(preset, out: str | Path, *, images=None, dataset: str | None =
         "index_options": dataclasses.asdict(options),
         "unsafe": {"judge": judge_name, "images": report.unsafe,
                    "captions": _unsafe_counts(cap_rows) if cap_rows else None},
-        "skipped": len(skipped), "generation": 0, "files": files,
+        "skipped": len(skipped), "generation": 0, "files": files, "steering": steering,
     }
     report.seconds = round(time.time() - t0, 2)
     store.write_json(out / "build_report.json", report.to_dict())
@@ -321,152 +355,4 @@ def build_gallery(preset, out: str | Path, *, images=None, dataset: str | None =
     shutil.rmtree(work, ignore_errors=True)
     logger.info("gallery %s: %d images, %d captions, %d skipped (%.1fs)", out, len(rows),
                 len(cap_rows), len(skipped), report.seconds)
-    return report
-
-
-# -------------------------------------------------------------------------------------- add
-
-def _stored_vectors(directory: Path, manifest: dict, corpus: str) -> dict[str, np.ndarray]:
-    files = manifest["files"]
-    return {m: ann.reconstruct_all(ann.load_index(directory / files[f"{corpus}.{m}"]))
-            for m in store.MODELS if f"{corpus}.{m}" in files}
-
-
-def _extend_corpus(directory: Path, manifest: dict, corpus: str, new: dict, options: IndexOptions,
-                   gen: int, queries) -> tuple[dict, dict]:
-    """Append ``new`` vectors to a corpus's indexes (or start them); returns (files, specs).
-    An exact index grown past ``options.exact_max`` is rebuilt from its stored vectors."""
-    files, specs = {}, {}
-    for m in store.MODELS:
-        key = f"{corpus}.{m}"
-        if key in manifest["files"]:
-            spec = ann.IndexSpec.from_dict(manifest["index"][corpus][m])
-            index = ann.load_index(directory / manifest["files"][key], spec)
-            total = index.ntotal + len(new[m])
-            fell_back = (spec.calibration or "").endswith("exact search instead")  # stays exact
-            grown = spec.type == "flat" and total > options.exact_max and not fell_back
-            if options.kind == "auto" and not spec.forced and grown:
-                logger.info("%s: %d vectors pass exact_max=%d: rebuilding as %s", key, total,
-                            options.exact_max, options.spec(total).type)
-                x = np.concatenate([ann.reconstruct_all(index), new[m]])
-                index, spec = ann.build_index(x, options.spec(total), queries().get(m))
-            else:
-                ann.add_vectors(index, new[m])
-        else:
-            index, spec = ann.build_index(new[m], options.spec(len(new[m])), queries().get(m))
-        files[key] = f"{corpus}.{m}.g{gen}.faiss"
-        ann.save_index(index, directory / files[key])
-        specs[m] = spec.to_dict()
-    return files, specs
-
-
-def add_to_gallery(preset, directory: str | Path, *, images=None, dataset: str | None = None,
-                   split: str = "test", limit: int | None = None, labels=None,
-                   source: Source | None = None, pair=None, batch_size: int = 64,
-                   judge: str | None = None, restart: bool = False, device=None,
-                   overrides: dict | None = None, hub_columns: dict | None = None) -> BuildReport:
-    """Embed the items of a source that the gallery does not hold yet and append them.
-
-    Without ``images``/``dataset``/``source``, a folder gallery rescans its own folder.
-    """
-    from .sources import FolderSource
-
-    t0 = time.time()
-    directory = Path(directory)
-    manifest = store.read_manifest(directory)
-    preset = get_preset(preset, overrides)
-    store.check_compatible(manifest, preset.name, {}, str(directory))  # before loading models
-    if source is None:
-        if images is None and dataset is None:
-            if manifest["source"]["kind"] != "folder":
-                raise InputError("say what to add: --images DIR or --dataset NAME")
-            images = manifest["source"]["root"]
-        source = make_source(images, dataset, split, limit, labels, preset.image_size,
-                             exclude=directory, **(hub_columns or {}))
-    if isinstance(source, FolderSource) and str(source.root) != manifest["source"].get("root"):
-        source.absolute_ids = True  # another folder: ids and paths are absolute
-    if pair is None:
-        from ..encoders import load_clip_pair
-        pair = load_clip_pair(preset, device=device)
-    dims = _dims(pair)
-    fps = {m: store.model_fingerprint(getattr(pair, m).ref) for m in store.MODELS}
-    notes = store.check_compatible(manifest, preset.name, dims, str(directory), fps)
-    dim, files = manifest["dim"], manifest["files"]
-    old_rows = store.read_jsonl(directory / files["items"])
-    old_caps = store.read_jsonl(directory / files["captions"]) if "captions" in files else []
-    have = {r["id"] for r in old_rows}
-    new_ids = [i for i in source.ids() if i not in have]
-    options = IndexOptions(**manifest.get("index_options", {}))
-    if not new_ids:
-        return BuildReport(str(directory), len(old_rows), len(old_caps), 0, 0,
-                           notes=notes + ["nothing new to add"], index=manifest["index"],
-                           unsafe=manifest["unsafe"]["images"], seconds=round(time.time() - t0, 2))
-    gen = int(manifest.get("generation", 0)) + 1
-    judge_spec = _judge_spec(manifest["unsafe"].get("judge") if judge is None else judge, preset)
-    judge_name = judge_spec.kind if judge_spec else None
-    work = directory / PARTIAL_ADD
-    plan = {"base": manifest["checksum"], "generation": gen, "source": source.describe(),
-            "n": len(new_ids), "ids": store.plan_checksum(new_ids), "batch_size": int(batch_size),
-            "judge": judge_name}
-    store.prepare_work(work, plan, restart)
-    n_img, resumed, embedded = _embed_batches(
-        new_ids, "images", work, batch_size,
-        _image_embedder(source, pair, _Judge(judge_spec, preset), dim),
-        f"embed {len(new_ids)} images")
-    vectors, rows, skipped = store.read_shards(work, "images", n_img, dim)
-    if source.describe() != manifest["source"]:
-        for r in rows:  # where to reopen these images (Gallery.image)
-            r["origin"] = source.describe()
-    cap_rows = source.captions([r["id"] for r in rows])
-    n_cap, r2, _ = _embed_batches(cap_rows, "captions", work, 4 * batch_size,
-                                  _text_embedder(pair, dim), f"embed {len(cap_rows)} captions")
-    cap_vectors, cap_rows, _ = store.read_shards(work, "captions", n_cap, dim)
-
-    new_files, index = {}, dict(manifest["index"])
-    all_rows, all_caps = old_rows + rows, old_caps + cap_rows
-
-    def caption_queries():  # calibration queries of a rebuilt image index: all caption vectors
-        old = _stored_vectors(directory, manifest, "captions")
-        return {m: np.concatenate([old[m], cap_vectors[m]]) if m in old else cap_vectors[m]
-                for m in store.MODELS} if all_caps else {}
-
-    def image_queries():
-        old = _stored_vectors(directory, manifest, "images")
-        return {m: np.concatenate([old[m], vectors[m]]) for m in store.MODELS}
-
-    if rows:
-        f, index["images"] = _extend_corpus(directory, manifest, "images", vectors, options, gen,
-                                            caption_queries)
-        new_files.update(f)
-    if cap_rows:
-        f, index["captions"] = _extend_corpus(directory, manifest, "captions", cap_vectors,
-                                              options, gen, image_queries)
-        new_files.update(f)
-    new_files["items"] = f"items.g{gen}.jsonl"
-    store.write_jsonl(directory / new_files["items"], all_rows)
-    if all_caps:
-        new_files["captions"] = f"captions.g{gen}.jsonl"
-        store.write_jsonl(directory / new_files["captions"], all_caps)
-    report = BuildReport(str(directory), len(all_rows), len(all_caps), embedded, resumed + r2,
-                         skipped, index, _unsafe_counts(all_rows), notes=notes)
-    old_files = dict(files)
-    manifest.update(
-        count=len(all_rows), captions=len(all_caps), index=index, generation=gen,
-        checksum=store.inputs_checksum(all_rows, all_caps),
-        skipped=manifest["skipped"] + len(skipped),
-        files={**files, **new_files},
-        unsafe={**manifest["unsafe"], "images": report.unsafe,
-                "captions": _unsafe_counts(all_caps) if all_caps else None})
-    manifest.setdefault("history", []).append(
-        {"added": len(rows), "skipped": len(skipped), "source": source.describe(),
-         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    report.seconds = round(time.time() - t0, 2)
-    store.write_json(directory / "build_report.json", report.to_dict())
-    store.write_json(directory / store.MANIFEST, manifest)  # the commit point
-    for key, name in old_files.items():
-        if manifest["files"].get(key) != name:
-            (directory / name).unlink(missing_ok=True)
-    shutil.rmtree(work, ignore_errors=True)
-    logger.info("gallery %s: added %d images (%d skipped), now %d", directory, len(rows),
-                len(skipped), len(all_rows))
     return report

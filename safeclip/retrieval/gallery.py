@@ -1,18 +1,25 @@
-"""Searching a gallery index with both models of its preset, side by side.
+"""Searching a gallery in three configurations, side by side.
 
     >>> from safeclip.retrieval import Gallery
-    >>> g = Gallery.open("assets/gallery/mini", preset="mini")   # refuses another preset or dim
+    >>> g = Gallery.open("assets/gallery/mini", preset="mini")   # refuses another world or dim
     >>> res = g.search_text("a dog holding a knife", k=5)       # text -> image
-    >>> [(h.id, round(h.score, 3), h.unsafe) for h in res.results["clip"]]
-    >>> res.unsafe_share("safeclip")                            # share of flagged hits
+    >>> [(h.id, round(h.score, 3), h.unsafe) for h in res.results["cross"]]
+    >>> res.unsafe_share("clip"), res.unsafe_share("cross")     # share of flagged hits
     >>> g.search_image(img, k=5)                                # image -> captions (or images)
-    >>> g.search_text(["query one", "query two"], k=10)         # a batch: one faiss call
+    >>> g.search_text("a man with a gun", alpha=0.5, beta=0.2)  # the dial, query-time steering
     >>> g.image(res.results["clip"][0])                         # the PIL image of a hit
 
-Each model searches its own index (an embedding of one model means nothing to the other); a hit
-carries its score (cosine similarity), its unsafe flag when known (from the gallery's tags or the
-judge run at index time) and the item's metadata. Batches of queries go to faiss in one call,
-which is much faster per query than a loop.
+The configurations (``CONFIGS``): ``clip`` (the original's query over the original's index),
+``safeclip`` (both Safe-CLIP towers, the paper's) and ``cross`` (Safe-CLIP's query tower over the
+original's index: Safe-CLIP's text tower was trained against the original image embeddings and
+its vision tower against the original text embeddings, so it can search an index built by the
+original CLIP, e.g. LAION's). A gallery built for ``cross`` only holds the original's index.
+``alpha`` dials the Safe-CLIP query tower (``safeclip.strength``: 1 = as published) for ``cross``;
+the ``safeclip`` index was embedded at alpha 1, so that column keeps it. ``beta`` moves every
+query away from its index's unsafe direction (the mean unsafe minus the mean safe embedding of
+the gallery's labelled items, unit length, stored with it): ``q' = normalize(q - beta d)``, a
+training-free baseline. A hit carries its score (cosine similarity), its unsafe flag when known
+and the item's metadata. Batches of queries go to faiss in one call.
 """
 from __future__ import annotations
 
@@ -35,6 +42,10 @@ from . import ann, store
 logger = logging.getLogger(__name__)
 
 TARGETS = ("images", "captions")
+CONFIGS = ("clip", "safeclip", "cross")
+PLAN = {"clip": ("clip", "clip"), "safeclip": ("safeclip", "safeclip"),
+        "cross": ("safeclip", "clip")}  # configuration -> (query encoder, index model)
+BETA = Number("steering beta", 0.0, 1.0, integer=False)
 
 
 @dataclass
@@ -55,19 +66,23 @@ class Hit:
 
 @dataclass
 class SearchResult:
-    """Both models' rankings for one query."""
+    """Every configuration's ranking for one query."""
 
     query: str  # the text, or a description of the image
     direction: str  # "text->image", "image->text", "image->image" or "text->text"
     k: int
-    results: dict[str, list[Hit]]  # "clip" (original) and "safeclip" -> ranked hits
-    seconds: float  # encoding and search, both models
+    results: dict[str, list[Hit]]  # configuration ("clip", "safeclip", "cross") -> ranked hits
+    seconds: float  # encoding and search, all configurations
     notes: list[str] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)  # alpha, beta
 
-    def unsafe_share(self, model: str) -> float | None:
+    def unsafe_share(self, config: str) -> float | None:
         """Share of flagged hits among those whose flag is known (None if none is known)."""
-        flags = [h.unsafe for h in self.results[model] if h.unsafe is not None]
+        flags = [h.unsafe for h in self.results[config] if h.unsafe is not None]
         return sum(flags) / len(flags) if flags else None
+
+    def unsafe_count(self, config: str) -> int:
+        return sum(bool(h.unsafe) for h in self.results[config])
 
     def to_dict(self, meta: bool = False) -> dict:
         d = dataclasses.asdict(self)
@@ -89,6 +104,8 @@ class Gallery:
     limits = LIMITS
 
     def __init__(self, directory: Path, manifest: dict, pair, warnings: list[str] | None = None):
+        from ..strength import Dial
+
         self.directory, self.manifest, self.pair = Path(directory), manifest, pair
         self.warnings = list(warnings or [])
         files = manifest["files"]
@@ -97,10 +114,11 @@ class Gallery:
                          if "captions" in files else [])
         self.indexes: dict[str, dict] = {}
         for corpus, rows in (("images", self.items), ("captions", self.captions)):
-            if f"{corpus}.clip" not in files:
+            models = [m for m in store.MODELS if f"{corpus}.{m}" in files]
+            if not models:
                 continue
             self.indexes[corpus] = {}
-            for m in store.MODELS:
+            for m in models:
                 spec = ann.IndexSpec.from_dict(manifest["index"][corpus][m])
                 index = ann.load_index(self.directory / files[f"{corpus}.{m}"], spec)
                 if index.ntotal != len(rows) or index.d != manifest["dim"]:
@@ -109,15 +127,24 @@ class Gallery:
                         f"dimension {index.d}, the manifest says {len(rows)} of {manifest['dim']}; "
                         "rebuild the index")
                 self.indexes[corpus][m] = index
+        self.steering = store.read_steering(self.directory, manifest)
+        self.dial = Dial(pair.clip, pair.safeclip)
         self._sources: dict[str, object] = {}
         self._ids = {r["id"]: i for i, r in enumerate(self.items)}
 
     @classmethod
     def open(cls, directory: str | Path, preset=None, *, pair=None, overrides: dict | None = None,
              device=None) -> "Gallery":
-        """Open an index for ``preset`` (default: the one it was built with); an index built
-        with another preset or embedding size is refused with GalleryMismatchError."""
+        """Open an index for ``preset`` (default: the world it was built with); an index built
+        with another world or embedding size is refused with GalleryMismatchError."""
         directory = Path(directory)
+        from .foreign import is_clip_retrieval, open_clip_retrieval
+        if is_clip_retrieval(directory):  # built by clip-retrieval / autofaiss: clip and cross
+            if preset is None:
+                raise InputError(f"{directory} is a clip-retrieval index, which does not record "
+                                 "its model: name the world that built it (--preset)")
+            return open_clip_retrieval(directory, preset, pair=pair, overrides=overrides,
+                                       device=device)
         manifest = store.read_manifest(directory)
         preset = get_preset(preset or manifest["preset"], overrides)
         store.check_compatible(manifest, preset.name, {}, str(directory))  # before loading models
@@ -125,7 +152,7 @@ class Gallery:
             from ..encoders import load_clip_pair
             pair = load_clip_pair(preset, device=device)
         dims = {m: int(getattr(pair, m).embed_dim) for m in store.MODELS}
-        fps = {m: store.model_fingerprint(getattr(pair, m).ref) for m in store.MODELS}
+        fps = {m: store.model_fingerprint(getattr(pair, m).ref) for m in manifest["models"]}
         warnings = store.check_compatible(manifest, preset.name, dims, str(directory), fps)
         return cls(directory, manifest, pair, warnings)
 
@@ -138,12 +165,20 @@ class Gallery:
     def dim(self) -> int:
         return int(self.manifest["dim"])
 
+    @property
+    def configs(self) -> tuple[str, ...]:
+        """The configurations this gallery serves (a gallery built for ``cross`` holds only
+        the original's index: ``clip`` and ``cross``)."""
+        have = set().union(*(set(v) for v in self.indexes.values())) if self.indexes else set()
+        return tuple(c for c in CONFIGS if PLAN[c][1] in have)
+
     def __len__(self) -> int:
         return len(self.items)
 
     def __repr__(self) -> str:
         return (f"Gallery({str(self.directory)!r}, preset={self.preset!r}, "
-                f"images={len(self.items)}, captions={len(self.captions)})")
+                f"images={len(self.items)}, captions={len(self.captions)}, "
+                f"configs={self.configs})")
 
     # -- search
     def _corpus(self, target: str) -> str:
@@ -152,6 +187,14 @@ class Gallery:
         if target not in self.indexes:
             raise InputError(f"{self.directory} has no {target} index (built without captions?)")
         return target
+
+    def _configs(self, configs) -> tuple[str, ...]:
+        configs = self.configs if configs is None else tuple(configs)
+        unknown = [c for c in configs if c not in self.configs]
+        if unknown:
+            raise InputError(f"{self.directory} serves the configurations "
+                             f"{', '.join(self.configs)}, not {', '.join(unknown)}")
+        return configs
 
     def _hits(self, corpus: str, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
         rows = self.items if corpus == "images" else self.captions
@@ -165,33 +208,68 @@ class Gallery:
                             r.get("unsafe_source"), r))
         return hits
 
-    def search_vectors(self, vectors: dict[str, np.ndarray], k: int, target: str = "images"):
-        """Per query, per model: ranked hits for precomputed query embeddings (n x dim each)."""
-        corpus = self._corpus(target)
-        per_model = {m: ann.search(self.indexes[corpus][m], vectors[m], k) for m in store.MODELS}
-        n = len(next(iter(vectors.values())))
-        return [{m: self._hits(corpus, per_model[m][0][q], per_model[m][1][q])
-                 for m in store.MODELS} for q in range(n)]
+    def steer(self, vectors: np.ndarray, corpus: str, model: str, beta: float) -> np.ndarray:
+        """Queries moved away from the unsafe direction of ``model``'s ``corpus`` index."""
+        beta = BETA.check(beta)
+        if beta == 0:
+            return vectors
+        d = self.steering.get(corpus, {}).get(model)
+        if d is None:
+            raise InputError(f"{self.directory} has no unsafe direction for steering (its items "
+                             "are not labelled safe and unsafe); beta must be 0")
+        q = vectors - beta * d[None, :]
+        return (q / np.linalg.norm(q, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
 
-    def _run(self, encode, items, labels, k, target, direction) -> list[SearchResult]:
+    def search_vectors(self, vectors: dict[str, np.ndarray], k: int, target: str = "images",
+                       configs=None, beta: float = 0.0):
+        """Per query, per configuration: ranked hits for query embeddings of each configuration
+        (``vectors[config]``: n x dim, made by that configuration's query encoder)."""
+        corpus = self._corpus(target)
+        out = {}
+        for c in self._configs(configs):
+            index_model = PLAN[c][1]
+            q = self.steer(vectors[c], corpus, index_model, beta)
+            out[c] = ann.search(self.indexes[corpus][index_model], q, k)
+        n = len(next(iter(vectors.values())))
+        return [{c: self._hits(corpus, out[c][0][i], out[c][1][i]) for c in out}
+                for i in range(n)]
+
+    def query_encoders(self, configs, alpha: float | None = None) -> dict[str, object]:
+        """The query encoder of each configuration (``alpha`` dials cross's)."""
+        enc = {"clip": self.pair.clip, "safeclip": self.pair.safeclip}
+        return {c: (self.dial(alpha) if c == "cross" and alpha is not None
+                    else enc[PLAN[c][0]]) for c in configs}
+
+    def _run(self, encode, items, labels, k, target, direction, configs, alpha, beta):
         t0 = time.perf_counter()
-        vectors = {m: encode(getattr(self.pair, m), items).numpy() for m in store.MODELS}
-        ranked = self.search_vectors(vectors, k, target)
+        k = LIMITS["k"].check(k)
+        configs = self._configs(configs)
+        encoders = self.query_encoders(configs, alpha)
+        done: dict[int, np.ndarray] = {}
+        vectors = {}
+        for c, e in encoders.items():  # each encoder runs once, whatever shares it
+            if id(e) not in done:
+                done[id(e)] = encode(e, items).numpy()
+            vectors[c] = done[id(e)]
+        ranked = self.search_vectors(vectors, k, target, configs, beta)
         seconds = (time.perf_counter() - t0) / max(len(items), 1)
-        return [SearchResult(label, direction, int(k), r, seconds, list(self.warnings))
+        settings = {"alpha": 1.0 if alpha is None else float(alpha), "beta": float(beta)}
+        return [SearchResult(label, direction, int(k), r, seconds, list(self.warnings), settings)
                 for label, r in zip(labels, ranked)]
 
-    def search_text(self, query: str | Sequence[str], k: int = 10, target: str = "images"):
+    def search_text(self, query: str | Sequence[str], k: int = 10, target: str = "images",
+                    configs=None, alpha: float | None = None, beta: float = 0.0):
         """Text -> images (or ``target="captions"``); a list of queries is searched as a batch
         and gives a list of results."""
-        single = isinstance(query, str)
+        single = isinstance(query, str) or query is None
         queries = [LIMITS["query"].check(q) for q in ([query] if single else list(query))]
-        k = LIMITS["k"].check(k)
         out = self._run(lambda enc, q: enc.encode_text(q), queries, queries, k, target,
-                        f"text->{target[:-1] if target == 'images' else 'text'}")
+                        f"text->{target[:-1] if target == 'images' else 'text'}", configs, alpha,
+                        beta)
         return out[0] if single else out
 
-    def search_image(self, image, k: int = 10, target: str = "auto"):
+    def search_image(self, image, k: int = 10, target: str = "auto", configs=None,
+                     alpha: float | None = None, beta: float = 0.0):
         """Image (PIL of any mode, path or bytes) -> captions (``target="auto"`` falls back to
         images when the gallery has no caption corpus); a list is searched as a batch."""
         from ..images import load_rgb, need_image
@@ -200,14 +278,14 @@ class Gallery:
         images = [image] if single else list(image)
         if not images:
             need_image(None)
-        k = LIMITS["k"].check(k)
         if target == "auto":
             target = "captions" if "captions" in self.indexes else "images"
         pil = [load_rgb(need_image(im)) for im in images]  # ImageError: corrupt, bombs
         labels = [str(im) if isinstance(im, (str, Path)) else f"<image {p.size[0]}x{p.size[1]}>"
                   for im, p in zip(images, pil)]
         out = self._run(lambda enc, ims: enc.encode_image(ims), pil, labels, k, target,
-                        "image->text" if target == "captions" else "image->image")
+                        "image->text" if target == "captions" else "image->image", configs,
+                        alpha, beta)
         return out[0] if single else out
 
     # -- items

@@ -9,6 +9,7 @@
     DIR/captions.jsonl         the caption corpus (id, text, unsafe, item), when there is one
     DIR/captions.clip.faiss    caption embeddings of each model, for image -> text search
     DIR/captions.safeclip.faiss
+    DIR/steering.npz           each index's unsafe direction (mean unsafe minus mean safe item)
     DIR/build_report.json      what the last build or add did, skipped files included
     DIR/.partial/              only while building: one .npz shard per embedded batch
 
@@ -184,15 +185,59 @@ def write_shard(work: Path, prefix: str, b: int, vectors: dict[str, np.ndarray],
     os.replace(tmp, path)
 
 
-def read_shards(work: Path, prefix: str, count: int, dim: int):
+def read_shards(work: Path, prefix: str, count: int, dim: int, models=MODELS):
     """(vectors per model, rows, skipped) of shards 0..count-1, concatenated in order."""
-    vecs: dict[str, list] = {m: [] for m in MODELS}
+    vecs: dict[str, list] = {m: [] for m in models}
     rows, skipped = [], []
     for b in range(count):
         with np.load(shard_path(work, prefix, b)) as z:
-            for m in MODELS:
+            for m in models:
                 vecs[m].append(z[m].reshape(-1, dim))
             rows += json.loads(str(z["rows"]))
             skipped += json.loads(str(z["skipped"]))
     out = {m: np.concatenate(v) if v else np.zeros((0, dim), np.float32) for m, v in vecs.items()}
     return out, rows, skipped
+
+
+# -------------------------------------------------------------------------------- steering
+
+STEER_MIN = 5  # labelled items of each kind an unsafe direction needs
+STEERING = "steering.npz"
+
+
+def write_steering(directory: Path, corpora: dict) -> dict:
+    """The unsafe direction of each corpus and model (mean embedding of the items flagged
+    unsafe minus that of those known safe, unit length), saved beside the indexes; the manifest
+    entry."""
+    arrays, entry = {}, {"corpora": {}}
+    for corpus, (rows, vectors) in corpora.items():
+        flags = np.array([r.get("unsafe") for r in rows], dtype=object)
+        unsafe, safe = flags == True, flags == False  # noqa: E712 - None means unknown
+        if unsafe.sum() < STEER_MIN or safe.sum() < STEER_MIN:
+            entry["corpora"][corpus] = {"unsafe": int(unsafe.sum()), "safe": int(safe.sum()),
+                                        "note": f"fewer than {STEER_MIN} labelled items of a kind: "
+                                                "no direction"}
+            continue
+        for m, x in vectors.items():
+            d = x[unsafe].mean(0) - x[safe].mean(0)
+            arrays[f"{corpus}.{m}"] = (d / max(np.linalg.norm(d), 1e-12)).astype(np.float32)
+        entry["corpora"][corpus] = {"unsafe": int(unsafe.sum()), "safe": int(safe.sum())}
+    if arrays:
+        tmp = Path(directory) / (STEERING + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, Path(directory) / STEERING)
+        entry["file"] = STEERING
+    return entry
+
+
+def read_steering(directory: Path, manifest: dict) -> dict[str, dict[str, np.ndarray]]:
+    """{corpus: {model: direction}} of a gallery (empty when it has none)."""
+    name = manifest.get("files", {}).get("steering")
+    if not name or not (Path(directory) / name).is_file():
+        return {}
+    out: dict[str, dict] = {}
+    with np.load(Path(directory) / name) as z:
+        for key in z.files:
+            corpus, model = key.split(".", 1)
+            out.setdefault(corpus, {})[model] = z[key]
+    return out
