@@ -34,11 +34,10 @@ import dataclasses
 import importlib
 import logging
 import os
+import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-
-import tomllib
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +118,7 @@ class Retrieval:
     examples: tuple[str, ...] = ()  # example text queries
     eval: str | None = None  # kind of its evaluation data ("visu", or a plug-in's)
     train_data: str | None = None  # kind of its training data
+    figures: str | None = None  # its measured figures (`safeclip eval retrieval --json` output)
     paper: dict = field(default_factory=dict, compare=False, hash=False)  # reported numbers
 
 
@@ -293,7 +293,7 @@ def _entry(cap: str, data: dict, root: Path):
             if judge.ref:
                 judge = dataclasses.replace(judge, ref=_path(judge.ref, root))
             kwargs[key] = judge
-    for key in ("gallery", "examples") if cap != "retrieval" else ("gallery",):
+    for key in ("gallery", "examples") if cap != "retrieval" else ("gallery", "figures"):
         if isinstance(data.get(key), str):
             data[key] = str((root / data[key]).resolve())
     if "gallery_source" in data:

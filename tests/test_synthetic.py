@@ -170,3 +170,26 @@ def test_test_split_combos_mostly_unique():
     # 2,880 possible combos: 832 distinct among the 1,000 test items, at most 4 items share one
     assert len(combos) >= 800
     assert max(combos.values()) <= 5
+
+
+def test_a_pool_gallery_holds_no_twins_and_a_twin_gallery_both():
+    from safeclip.errors import InputError
+    from safeclip.mini.sources import SyntheticSource
+
+    pool = SyntheticSource.from_dataset("synthetic:test", limit=6)
+    ids = pool.ids()
+    assert ids == [f"test-{i:06d}-{'V' if i % 2 == 0 else 'G'}" for i in range(6)]
+    caps = pool.captions(ids)
+    assert [c["id"][-1] for c in caps] == ["S", "U", "S", "U", "S", "U"]
+    assert [c["unsafe"] for c in caps] == [False, True] * 3
+    twin = SyntheticSource.from_dataset("synthetic:test:twin", limit=3)
+    assert [x[-1] for x in twin.ids()] == ["V", "G"] * 3 and len(twin.captions(twin.ids())) == 6
+    # a pool item's image is the same picture as in the twin layout
+    assert pool.load(["test-000001-G"])[0].image.tobytes() == \
+        twin.load(["test-000001-G"])[0].image.tobytes()
+    assert pool.describe()["dataset"] == "synthetic:test:pool"
+    # a gallery built before layouts existed was a twin gallery
+    old = {k: v for k, v in twin.describe().items() if k != "layout"}
+    assert SyntheticSource.from_description(old).layout == "twin"
+    with pytest.raises(InputError, match="'pool' or 'twin', not 'mixed'"):
+        SyntheticSource.from_dataset("synthetic:test:mixed")

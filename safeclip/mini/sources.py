@@ -1,7 +1,13 @@
-"""Galleries of the mini world's splits (source kind ``synthetic``: ``--dataset synthetic:test``).
+"""Galleries of the mini world's splits (source kind ``synthetic``).
 
-Items ``<split>-<i>-V`` (safe) and ``-G`` (unsafe) with their tags; the caption corpus is every
-S (safe) and U (unsafe) caption of the split.
+    --dataset synthetic:test          a pool gallery: the safe image V of the even items and the
+                                      unsafe image G of the odd ones (no item has its twin there,
+                                      as in a user's gallery; HySAC's pool protocol)
+    --dataset synthetic:test:twin     a twin gallery: both images of every item (ViSU's test
+                                      gallery; the paper's and HySAC's Table 1)
+
+Items ``<split>-<i>-V`` (safe) and ``-G`` (unsafe) with their tags; the caption corpus holds the
+caption of each image in the gallery (S with V, U with G).
 """
 from __future__ import annotations
 
@@ -13,29 +19,39 @@ from ..retrieval.sources import Loaded, Source, pixel_sha1
 
 
 class SyntheticSource(Source):
-    """The mini world's split: items ``<split>-<i>-V`` (safe) and ``-G`` (unsafe), with tags;
-    the caption corpus is every S (safe) and U (unsafe) caption."""
+    """A split of the mini world as a gallery (see the module docstring)."""
 
     kind = "synthetic"
+    LAYOUTS = ("pool", "twin")
 
     @classmethod
     def from_dataset(cls, dataset: str, split: str = "test", limit=None, size: int = 64):
-        """``--dataset synthetic:SPLIT`` (``synthetic`` alone: ``split``)."""
-        _, _, name = dataset.partition(":")
-        return cls(name or split, limit=limit, size=size)
+        """``--dataset synthetic:SPLIT[:LAYOUT]`` (``synthetic`` alone: ``split``, pool)."""
+        _, _, rest = dataset.partition(":")
+        name, _, layout = rest.partition(":")
+        return cls(name or split, limit=limit, size=size, layout=layout or "pool")
 
     @classmethod
     def from_description(cls, desc: dict):
-        return cls(desc["split"], limit=desc.get("n"), size=desc.get("size", 64))
+        return cls(desc["split"], limit=desc.get("n"), size=desc.get("size", 64),
+                   layout=desc.get("layout", "twin"))
 
-    def __init__(self, split: str = "test", limit: int | None = None, size: int = 64):
+    def __init__(self, split: str = "test", limit: int | None = None, size: int = 64,
+                 layout: str = "pool"):
+        from ..errors import InputError
         from .synthetic import SyntheticViSU
 
-        self.split, self.size = split, int(size)
+        if layout not in self.LAYOUTS:
+            raise InputError(f"a synthetic gallery is 'pool' or 'twin', not {layout!r}")
+        self.split, self.size, self.layout = split, int(size), layout
         self.data = SyntheticViSU(split, n=limit, size=self.size)
 
+    def parts(self, i: int) -> str:
+        """The images of item i in the gallery: both (twin), V (even) or G (odd items, pool)."""
+        return "VG" if self.layout == "twin" else ("V" if i % 2 == 0 else "G")
+
     def ids(self) -> list[str]:
-        return [f"{self.split}-{i:06d}-{p}" for i in range(len(self.data)) for p in "VG"]
+        return [f"{self.split}-{i:06d}-{p}" for i in range(len(self.data)) for p in self.parts(i)]
 
     @staticmethod
     def _parse(id_: str) -> tuple[int, str]:
@@ -70,16 +86,20 @@ class SyntheticSource(Source):
             rng = split_rng(self.split, i + self.data.seed_offset)
             tags = sample_tags(rng)  # same draws as make_quad: tags, then the caption pair
             s, u = caption_pair(tags, rng)
-            base = f"{self.split}-{i:06d}"
-            rows.append({"id": f"{base}-S", "text": s, "unsafe": False, "unsafe_source": "tags",
-                         "item": f"{base}-V"})
-            rows.append({"id": f"{base}-U", "text": u, "unsafe": True, "unsafe_source": "tags",
-                         "item": f"{base}-G", "category": tags["category"]})
+            base, parts = f"{self.split}-{i:06d}", self.parts(i)
+            if "V" in parts:
+                rows.append({"id": f"{base}-S", "text": s, "unsafe": False,
+                             "unsafe_source": "tags", "item": f"{base}-V"})
+            if "G" in parts:
+                rows.append({"id": f"{base}-U", "text": u, "unsafe": True,
+                             "unsafe_source": "tags", "item": f"{base}-G",
+                             "category": tags["category"]})
         return rows
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "dataset": f"synthetic:{self.split}", "split": self.split,
-                "n": len(self.data), "size": self.size}
+        return {"kind": self.kind, "dataset": f"synthetic:{self.split}:{self.layout}",
+                "split": self.split, "n": len(self.data), "size": self.size,
+                "layout": self.layout}
 
     @functools.lru_cache(maxsize=128)
     def _quad(self, i: int) -> dict:
