@@ -59,8 +59,8 @@ def child(setup: str, preset: str, device: str | None) -> dict:
     import torch
 
     from safeclip.captioning import PairedCaptioner, load_captioner, load_tower_weights
-    from safeclip.sharing import unique_bytes
     from safeclip.mini.synthetic import SyntheticViSU
+    from safeclip.sharing import unique_bytes
 
     image = SyntheticViSU("test", n=1)[0]["G"]
     torch.set_num_threads(1)

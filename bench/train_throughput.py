@@ -30,8 +30,8 @@ from safeclip.encoders import image_features, text_features  # noqa: E402
 from safeclip.mini.cache import load_split, render_split  # noqa: E402
 from safeclip.tokenizer import clip_tokenizer  # noqa: E402
 from safeclip.train.data import ArrayQuads  # noqa: E402
-from safeclip.train.losses import SafeClipLoss  # noqa: E402
 from safeclip.train.lora import LoraSettings, add_lora  # noqa: E402
+from safeclip.train.losses import SafeClipLoss  # noqa: E402
 from safeclip.train.trainer import DualEncoder, batch_plan, epoch_order, reference_embeddings  # noqa: E402
 
 

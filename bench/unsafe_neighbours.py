@@ -24,9 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from safeclip.mini.synthetic import SyntheticViSU
 from safeclip.encoders import load_clip
 from safeclip.eval.retrieval import encode_quads, retrieval_metrics
+from safeclip.mini.synthetic import SyntheticViSU
 from safeclip.presets import get_preset
 
 ATTRS = ("unsafe_object", "subject", "scene", "colour")

@@ -16,7 +16,6 @@ from functools import cache
 from pathlib import Path
 
 import torch
-
 from standins_common import (
     OPENAI_MEAN,
     OPENAI_STD,

@@ -17,7 +17,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-
 from standins_clip import L336, clip_state
 from standins_common import seeded_tensor, write_clip_preprocessor, write_json, write_stubs
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
-from standins_clip import L, SD20, clip_config, legacy_text_config, sd2_text_state, text_tower
+from standins_clip import SD20, L, clip_config, legacy_text_config, sd2_text_state, text_tower
 from standins_clip import SEEDS as CLIP_SEEDS
 from standins_common import (
     save_weights,

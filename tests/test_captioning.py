@@ -244,8 +244,8 @@ def mini(one_thread):
 
 @needs_mini
 def test_mini_captioner_describes_the_scene(mini):
-    from safeclip.mini.synthetic import SyntheticViSU
     from safeclip.mini.eval_captioning import names
+    from safeclip.mini.synthetic import SyntheticViSU
 
     items = SyntheticViSU("validation", n=6)
     scene = obj = flagged_clip = flagged_safe = 0

@@ -16,9 +16,9 @@ N = 300  # quadruplets: a 600-image / 600-caption gallery
 
 @pytest.fixture(scope="module")
 def metrics():
-    from safeclip.mini.synthetic import SyntheticViSU
     from safeclip.encoders import load_clip
     from safeclip.eval.retrieval import evaluate_encoder
+    from safeclip.mini.synthetic import SyntheticViSU
 
     preset = get_preset("mini", use_env=False)
     quads = [SyntheticViSU("test", n=N)[i] for i in range(N)]

@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 
 from safeclip.errors import ModelUnavailableError
-from safeclip.presets import get_preset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TEXTS = ["a photo of a dog", "a knife on a table"]

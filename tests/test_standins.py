@@ -10,10 +10,9 @@ from functools import cache
 
 import numpy as np
 import pytest
+import standins
 import torch
 from PIL import Image
-
-import standins
 from standins_common import LORA_TARGETS
 
 CLIPS = (

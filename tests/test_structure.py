@@ -98,9 +98,9 @@ def test_no_file_is_over_500_lines():
 
 
 def test_every_command_has_main_with_argv():
-    from safeclip.cli import commands
-
     import importlib
+
+    from safeclip.cli import commands
     for verb, (target, _) in commands().items():
         module, func = target.split(":")
         fn = getattr(importlib.import_module(module), func)

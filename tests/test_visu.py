@@ -10,9 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
+from safeclip.data.visu import (
+    HUB_ID,
+    MissingDataError,
+    TextSourceError,
+    ViSUDataset,
+    concept_category,
+    split_files,
+)
 from safeclip.errors import InputError
-from safeclip.data.visu import (HUB_ID, MissingDataError, TextSourceError, ViSUDataset,
-                                concept_category, split_files)
 
 # mild captions: the unsafe side only names a concept
 ROWS = [
@@ -124,8 +130,12 @@ def test_columns_are_configurable(tmp_path):
 
 def tiny_pipeline():
     """A seeded Stable Diffusion pipeline of tiny components (as diffusers' fast tests build it)."""
-    from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionPipeline,
-                           UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from safeclip.tokenizer import clip_tokenizer

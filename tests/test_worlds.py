@@ -2,7 +2,6 @@
 tables, a world of one's own, and the ``safeclip`` command line."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
