@@ -14,6 +14,9 @@ from pathlib import Path
 import gradio as gr
 
 from . import handlers as h
+from . import retrieval as R
+from .charts import figures_of
+from .files import serve_thumbnails
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +28,11 @@ PAPER = ("[Safe-CLIP: Removing NSFW Concepts from Vision-and-Language Models]"
          "(https://arxiv.org/abs/2311.16254) (Poppi et al., ECCV 2024) fine-tunes CLIP so that "
          "NSFW text and images stop landing in unsafe regions of its embedding space. Its text "
          "encoder drops into Stable Diffusion and its vision encoder into LLaVA unchanged.")
-KEY_METRICS = ["nsfw_at10", "nsfw_at10_i2t", "u2v_r10", "g2s_r10", "s2v_r10", "v2s_r10"]
+CONFIG_NOTE = ("Three configurations: **CLIP** (the original's query over its index), "
+               "**Safe-CLIP** (both Safe-CLIP towers, as in the paper) and **Safe-CLIP query "
+               "over the CLIP index** (Safe-CLIP's text tower was trained against the original "
+               "image embeddings, so it can search an index the original built, such as LAION's; "
+               "redirected unsafe images do not compete there).")
 GPU_QUEUE = "gpu"  # generation and captioning share one worker: one model on one GPU at a time
 COLOURS = {"safe image": "#2b8cbe", "safe text": "#7bccc4", "unsafe image": "#e34a33",
            "unsafe text": "#fdbb84", "query": "#000000"}
@@ -86,19 +93,11 @@ def models_table(world) -> list[list[str]]:
             for r, m in world.models().items()]
 
 
-def metrics_table(metrics: dict) -> list[list]:
-    """Rows of retrieval metrics: key, original, Safe-CLIP (from the models' metrics.json)."""
-    a, b = metrics.get("clip", {}), metrics.get("safe_clip", {})
-    keys = [k for k in {**a, **b} if k != "n"
-            and (isinstance(a.get(k), (int, float)) or isinstance(b.get(k), (int, float)))]
-    keys.sort(key=lambda k: (KEY_METRICS.index(k) if k in KEY_METRICS else len(KEY_METRICS)))
-    return [[k, a.get(k), b.get(k)] for k in keys]
-
-
 def build_ui(studio) -> gr.Blocks:
     """The Blocks of the app for a ``Studio`` (see safeclip.services)."""
     s = studio
     world = s.preset
+    serve_thumbnails()
     with gr.Blocks(title="Safe-CLIP Studio") as demo:
         gr.Markdown("# Safe-CLIP Studio\nOriginal CLIP and Safe-CLIP, side by side.")
         gr.Markdown(s.world.banner, elem_id="world-banner")
@@ -125,6 +124,21 @@ def _status(s, elem_id: str):
     return line
 
 
+def _dials(s):
+    """The strength dial (cross column) and the steering slider, under one accordion."""
+    from safeclip.retrieval.gallery import BETA
+    from safeclip.strength import ALPHA
+
+    with gr.Accordion("Strength dial and steering", open=False):
+        alpha = slider(ALPHA, 1.0, step=0.05, visible=s.dial,
+                       info="0 = the original, 1 = Safe-CLIP as published, up to 1.5 "
+                            "(weights interpolated; dials the Safe-CLIP query of the cross column)")
+        beta = slider(BETA, 0.0, step=0.05,
+                      info="moves every query away from its index's unsafe direction (0 = off; "
+                           "needs a gallery whose items are labelled safe and unsafe)")
+    return alpha, beta
+
+
 def _retrieval_tab(s, world) -> None:
     bind = functools.partial
     with gr.Tab("Retrieval", id="retrieval"):
@@ -137,34 +151,33 @@ def _retrieval_tab(s, world) -> None:
             go_text = gr.Button("Search images with text", variant="primary",
                                 elem_id="retrieval-go")
             reveal_r = gr.Checkbox(False, label=REVEAL, elem_id="retrieval-reveal")
+        alpha, beta = _dials(s)
         if world.retrieval.examples:
             gr.Examples(list(world.retrieval.examples), [query])
         summary_r = gr.Markdown(elem_id="retrieval-summary")
+        gr.Markdown(CONFIG_NOTE)
         with gr.Row():
-            with gr.Column():
-                gal_c = gr.Gallery(label="CLIP", columns=5, elem_id="retrieval-clip")
-            with gr.Column():
-                gal_s = gr.Gallery(label="Safe-CLIP", columns=5, elem_id="retrieval-safeclip")
+            gals = [gr.Gallery(label=R.LABELS[c], columns=4, elem_id=f"retrieval-{c}")
+                    for c in R.CONFIGS]
         with gr.Accordion("Image to text", open=False):
             with gr.Row():
                 q_image = ImageInput(label="Image query", type="filepath", height=200)
                 go_image = gr.Button("Search captions with the image")
             with gr.Row():
-                tab_c = gr.Dataframe(label="CLIP", interactive=False)
-                tab_s = gr.Dataframe(label="Safe-CLIP", interactive=False)
+                tables = [gr.Dataframe(label=R.LABELS[c], interactive=False) for c in R.CONFIGS]
         state_r = gr.State(None)
-        go_text.click(h.guard(bind(h.search_text, s)), [query, k, reveal_r],
-                      [gal_c, gal_s, summary_r, state_r], api_name="search_text",
-                      concurrency_limit=4, concurrency_id="retrieval")
-        query.submit(h.guard(bind(h.search_text, s)), [query, k, reveal_r],
-                     [gal_c, gal_s, summary_r, state_r], api_visibility="private",
-                     concurrency_limit=4, concurrency_id="retrieval")
-        reveal_r.change(h.guard(bind(h.rerender_text_search, s)), [state_r, reveal_r],
-                        [gal_c, gal_s, summary_r], api_visibility="private",
-                        concurrency_limit=4, concurrency_id="retrieval")
-        go_image.click(h.guard(bind(h.search_image, s)), [q_image, k],
-                       [tab_c, tab_s, summary_r], api_name="search_image",
-                       concurrency_limit=4, concurrency_id="retrieval")
+        search = h.guard(bind(R.search_text, s))
+        # searches are short (tens of ms): enough run at once that none waits behind a
+        # projection of the embedding view, which has its own queue
+        kw = dict(concurrency_limit=8, concurrency_id="retrieval")
+        go_text.click(search, [query, k, reveal_r, alpha, beta], [*gals, summary_r, state_r],
+                      api_name="search_text", **kw)
+        query.submit(search, [query, k, reveal_r, alpha, beta], [*gals, summary_r, state_r],
+                     api_visibility="private", **kw)
+        reveal_r.change(h.guard(bind(R.rerender_text_search, s)), [state_r, reveal_r],
+                        [*gals, summary_r], api_visibility="private", **kw)
+        go_image.click(h.guard(bind(R.search_image, s)), [q_image, k, alpha, beta],
+                       [*tables, summary_r], api_name="search_image", **kw)
 
 
 def _generation_tab(s, world) -> None:
@@ -249,29 +262,41 @@ def _captioning_tab(s) -> None:
 
 
 def _embedding_tab(s, world) -> None:
+    from safeclip.strength import ALPHA
+
     with gr.Tab("Embedding space", id="embedding"):
         _status(s, "embed-status")
         with gr.Row():
             e_text = gr.Textbox(label="Text to place", scale=3, elem_id="embed-query")
             e_image = ImageInput(label="or an image", type="filepath", height=140, scale=1)
             go_emb = gr.Button("Place it", variant="primary", elem_id="embed-go")
+        e_alpha = slider(ALPHA, 1.0, step=0.05, visible=s.dial,
+                         info="strength of the Safe-CLIP query of the cross view")
         if world.retrieval.examples:
             gr.Examples(list(world.retrieval.examples), [e_text])
-        gr.Markdown("Gallery items of each model, drawn along the direction from its safe "
-                    "items to its unsafe ones (x) and the main other direction (y). The query "
-                    "is the black point. Blue: safe images, teal: safe captions, red: unsafe "
-                    "images, orange: unsafe captions.")
+        gr.Markdown("Each configuration's gallery, drawn along the direction from its safe "
+                    "items to its unsafe ones (x) and the main other direction (y), with its "
+                    "query (the black point): the cross view places Safe-CLIP's query among "
+                    "the original's embeddings, the index it searches. Blue: safe images, teal: "
+                    "safe captions, red: unsafe images, orange: unsafe captions.")
         summary_e = gr.Markdown(elem_id="embed-summary")
         with gr.Row():
             plot_kw = dict(x="x", y="y", color="group", color_map=COLOURS,
-                           tooltip=["group", "label"], height=380,
+                           tooltip=["group", "label"], height=340,
                            x_title="← safe · · · unsafe →", y_title="main other direction")
-            plot_c = gr.ScatterPlot(label="CLIP", title="CLIP", elem_id="embed-clip", **plot_kw)
-            plot_s = gr.ScatterPlot(label="Safe-CLIP", title="Safe-CLIP",
-                                    elem_id="embed-safeclip", **plot_kw)
-        go_emb.click(h.guard(functools.partial(h.embed_view, s)), [e_text, e_image],
-                     [plot_c, plot_s, summary_e], api_name="embed_view",
-                     concurrency_limit=4, concurrency_id="retrieval")
+            plots = [gr.ScatterPlot(label=R.LABELS[c], title=R.LABELS[c],
+                                    elem_id=f"embed-{c}", **plot_kw) for c in R.CONFIGS]
+        go_emb.click(h.guard(functools.partial(R.embed_view, s)), [e_text, e_image, e_alpha],
+                     [*plots, summary_e], api_name="embed_view",
+                     concurrency_limit=2, concurrency_id="embedding")
+
+
+CHARTS = {
+    "pool": "Retrieval, pool protocol (a gallery without twins, as a user's): test split",
+    "twin": "Retrieval, twin protocol (ViSU's test gallery, both images of every item)",
+    "generation": "Generation: test prompts",
+    "captioning": "Captioning: test images",
+}
 
 
 def _about_tab(s, world) -> None:
@@ -281,14 +306,30 @@ def _about_tab(s, world) -> None:
         if world.differences:
             gr.Markdown("### How this world differs from the real system\n"
                         + "\n".join(f"- {d}" for d in world.differences))
-        metrics = s.metrics()
-        rows = metrics_table(metrics)
-        if rows:
-            gr.Dataframe(rows, headers=["metric (test split)", "CLIP", "Safe-CLIP"],
-                         interactive=False, label="Measured retrieval metrics "
-                         "(read from the models' metrics.json)")
-        others = {r: m for r, m in metrics.items() if r not in ("clip", "safe_clip")}
-        if others:
-            gr.JSON(others, label="Measured metrics of the generator and captioner")
+        figures = figures_of(s)
+        if not figures:
+            gr.Markdown("No measured figures for this world yet: `safeclip eval retrieval "
+                        f"--preset {world.name} --json --out FILE` writes them (and the world "
+                        "file's `retrieval.figures` names the file).")
+        for key, title in CHARTS.items():
+            if key not in figures:
+                continue
+            frame = figures[key]
+            # one small chart per measure, a bar per configuration (a colour per bar stacks)
+            with gr.Column(elem_id=f"about-{key}"):
+                gr.Markdown(f"#### {title}")
+                measures = list(dict.fromkeys(frame["measure"]))
+                for i in range(0, len(measures), 3):
+                    with gr.Row():
+                        for m in measures[i:i + 3]:
+                            gr.BarPlot(frame[frame["measure"] == m], x="configuration",
+                                       y="value", color="configuration", title=m,
+                                       y_lim=[0, 1], height=220, sort=None, x_title=" ",
+                                       y_title="share", tooltip=["value"])
+        if "alpha" in figures:
+            gr.LinePlot(figures["alpha"], x="alpha", y="value", color="measure", y_lim=[0, 1],
+                        title="The strength dial (cross configuration, pool protocol): safety "
+                              "and utility over alpha (1 = Safe-CLIP as published)",
+                        height=320, elem_id="about-alpha")
         gr.Dataframe(models_table(world), headers=["capability", "model", "reference", "kind"],
                      interactive=False, label="Models of this world")

@@ -118,12 +118,18 @@ def unsafe_axes(x: np.ndarray, unsafe: np.ndarray) -> np.ndarray:
 
 @dataclass
 class EmbedView:
-    """One model's 2-D view: projected gallery points, the query's place, a one-line summary."""
+    """One configuration's 2-D view: the projected gallery it searches, the query's place, and
+    a one-line summary of what it retrieves."""
 
     points: list[dict]  # x, y, group ("safe image", "unsafe image", "safe text", "unsafe text")
     query: dict | None  # x, y of the query, None when there is none
     summary: str
-    neighbours_unsafe: int | None = None  # unsafe items among the query's 10 nearest points
+    retrieved_unsafe: int | None = None  # unsafe items among the 10 it retrieves
+
+
+def _alpha(alpha):
+    """The dial's value as the gallery takes it: None (Safe-CLIP as published) for 1."""
+    return None if alpha is None or (not isinstance(alpha, str) and float(alpha) == 1.0) else alpha
 
 
 @dataclass
@@ -258,13 +264,23 @@ class Studio:
                 logger.warning("warm-up of %s failed: %s", w, e)
 
     # -- retrieval -------------------------------------------------------------------------
-    def search_text(self, query, k=10, target: str = "images"):
-        return self.gallery().search_text(query, k=k, target=target)  # it checks its inputs
+    def search_text(self, query, k=10, target: str = "images", alpha=None, beta=0.0):
+        """Every configuration's ranking (the gallery checks the inputs; ``alpha`` dials the
+        cross column's Safe-CLIP query, ``beta`` steers every query)."""
+        return self.gallery().search_text(query, k=k, target=target, alpha=_alpha(alpha),
+                                          beta=beta)
 
-    def search_image(self, image, k=10):
+    def search_image(self, image, k=10, alpha=None, beta=0.0):
         from .images import load_rgb
         image = load_rgb(image)  # refuse a bad file before loading any model
-        return self.gallery().search_image(image, k=k)
+        return self.gallery().search_image(image, k=k, alpha=_alpha(alpha), beta=beta)
+
+    @property
+    def dial(self) -> bool:
+        """Whether the strength dial applies: two retrieval models of one kind."""
+        r = self.preset.retrieval
+        return r is not None and (r.clip.kind or "transformers") == (r.safe_clip.kind
+                                                                    or "transformers")
 
     def image_of(self, hit):
         return self.gallery().image(hit)
@@ -305,7 +321,7 @@ class Studio:
 
     # -- embedding space -------------------------------------------------------------------
     def _base_view(self, model: str, n_items: int = 150) -> dict:
-        """Projection of a sample of the gallery for ``model`` (computed once, cached)."""
+        """Projection of a sample of ``model``'s gallery index (computed once, cached)."""
         if model in self._views:
             return self._views[model]
         from .retrieval import ann
@@ -316,7 +332,7 @@ class Studio:
             vecs, groups, labels = [], [], []
             corpora = (("images", g.items, "image"), ("captions", g.captions, "text"))
             for corpus, rows, kind in corpora:
-                if corpus not in g.indexes:
+                if model not in g.indexes.get(corpus, {}):
                     continue
                 x = ann.reconstruct_all(g.indexes[corpus][model])
                 take = [i for i, r in enumerate(rows)
@@ -334,10 +350,11 @@ class Studio:
                                   "groups": groups, "labels": labels}
         return self._views[model]
 
-    def embed_view(self, text=None, image=None) -> dict[str, EmbedView]:
-        """For each model, safe and unsafe gallery items in 2-D (x: from the safe items' centroid
-        towards the unsafe ones', y: the main direction of the rest) and the query placed on it."""
-        from .retrieval.store import MODELS
+    def embed_view(self, text=None, image=None, alpha=None) -> dict[str, EmbedView]:
+        """For each configuration, the gallery that configuration searches in 2-D (x: from the
+        safe items' centroid towards the unsafe ones', y: the main direction of the rest), its
+        query placed on it, and how many of the 10 items it would retrieve are unsafe."""
+        from .retrieval.gallery import PLAN
         if text is not None and str(text).strip():
             query, kind = self.limits["query"].check(text), "text"
         elif image is not None:
@@ -345,26 +362,40 @@ class Studio:
             query, kind = load_rgb(image), "image"
         else:
             query, kind = None, None
-        pair = self.gallery().pair
+        g = self.gallery()
+        res = None
+        if query is not None:
+            res = (g.search_text(query, 10, alpha=_alpha(alpha)) if kind == "text"
+                   else g.search_image(query, 10, alpha=_alpha(alpha)))
+        encoders = g.query_encoders(g.configs, _alpha(alpha))
         out = {}
-        for m in MODELS:
-            base = self._base_view(m)
+        for c in g.configs:
+            base = self._base_view(PLAN[c][1])
             points = [{"x": float(a), "y": float(b), "group": gr_, "label": lab}
                       for (a, b), gr_, lab in zip(base["xy"], base["groups"], base["labels"])]
             if query is None:
-                out[m] = EmbedView(points, None, "no query: type a text or upload an image")
+                out[c] = EmbedView(points, None, "no query: type a text or upload an image")
                 continue
-            enc = getattr(pair, m)
+            enc = encoders[c]
             q = enc.encode_text([query]) if kind == "text" else enc.encode_image([query])
-            q = q.numpy()[0]
-            qxy = (q - base["mean"]) @ base["basis"]
-            nearest = np.argsort(-(base["x"] @ q))[:10]
-            unsafe = sum(base["groups"][i].startswith("unsafe") for i in nearest)
-            out[m] = EmbedView(points, {"x": float(qxy[0]), "y": float(qxy[1])},
-                               f"{unsafe} of the query's 10 nearest items are unsafe", unsafe)
+            qxy = (q.numpy()[0] - base["mean"]) @ base["basis"]
+            unsafe = res.unsafe_count(c)
+            out[c] = EmbedView(points, {"x": float(qxy[0]), "y": float(qxy[1])},
+                               f"{unsafe} of the 10 items it retrieves are unsafe", unsafe)
         return out
 
     # -- facts for the About tab -----------------------------------------------------------
+    def figures(self) -> dict:
+        """The world's measured figures: the retrieval evaluation its data names (``safeclip
+        eval retrieval --json``), the generator's and the captioner's metrics.json."""
+        out = {}
+        r = self.preset.retrieval
+        if r is not None and r.figures and Path(r.figures).is_file():
+            out["retrieval"] = json.loads(Path(r.figures).read_text())
+        m = self.metrics()
+        out["generation"], out["captioning"] = m.get("sd"), m.get("llava")
+        return out
+
     def metrics(self) -> dict[str, dict]:
         """The measured metrics of the running world, read from the models' metrics.json files
         (written by the training and evaluation commands), by role."""

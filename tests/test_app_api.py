@@ -19,10 +19,12 @@ def client(app_server):
     return Client(app_server.url, verbose=False)
 
 
-def counts(summary: str) -> tuple[int, int]:
-    m = re.search(r"Unsafe in top (\d+): (\d+) \(CLIP\) vs (\d+) \(Safe-CLIP\)", summary)
+def counts(summary: str) -> tuple[int, int, int]:
+    """Unsafe counts of the CLIP, Safe-CLIP and cross columns from the summary line."""
+    m = re.search(r"Unsafe in top (\d+): CLIP \*\*(\d+)\*\* · Safe-CLIP \*\*(\d+)\*\* · "
+                  r"Safe-CLIP query over the CLIP index \*\*(\d+)\*\*", summary)
     assert m, summary
-    return int(m.group(2)), int(m.group(3))
+    return int(m.group(2)), int(m.group(3)), int(m.group(4))
 
 
 def sharpness(path: str) -> float:
@@ -35,16 +37,18 @@ def test_endpoints_are_named(client):
     assert {"/search_text", "/search_image", "/generate", "/caption", "/embed_view"} <= names
 
 
-def test_search_text_fills_both_columns_and_blurs_flagged_images(client):
-    clip, safe, summary = client.predict(UNSAFE_QUERY, 10, False, api_name="/search_text")
-    assert len(clip) == len(safe) == 10
+def test_search_text_fills_three_columns_and_blurs_flagged_images(client):
+    clip, safe, cross, summary = client.predict(UNSAFE_QUERY, 10, False, 1.0, 0.0,
+                                                api_name="/search_text")
+    assert len(clip) == len(safe) == len(cross) == 10
     assert all(item["caption"].startswith(f"#{i + 1} · ") for i, item in enumerate(clip))
-    n_clip, n_safe = counts(summary)
+    n_clip, n_safe, n_cross = counts(summary)
     assert n_clip == sum("unsafe" in it["caption"] for it in clip) and n_clip >= 8
     assert n_safe == sum("unsafe" in it["caption"] for it in safe)
+    assert n_cross == sum("unsafe" in it["caption"] for it in cross) and n_cross <= 2
     flagged = [it for it in clip if "unsafe" in it["caption"]]
     assert all("blurred" in it["caption"] for it in flagged)
-    revealed, _, _ = client.predict(UNSAFE_QUERY, 10, True, api_name="/search_text")
+    revealed, _, _, _ = client.predict(UNSAFE_QUERY, 10, True, 1.0, 0.0, api_name="/search_text")
     assert not any("blurred" in it["caption"] for it in revealed)
     # the same flagged hit, blurred then revealed: the blurred one has lost its edges
     first = next(i for i, it in enumerate(clip) if "unsafe" in it["caption"])
@@ -58,8 +62,9 @@ def test_search_image_returns_captions_for_both_models(client, tmp_path):
 
     path = tmp_path / "g.png"
     SyntheticViSU("test")[3]["G"].save(path)
-    t_clip, t_safe, summary = client.predict(handle_file(str(path)), 5, api_name="/search_image")
-    for table in (t_clip, t_safe):
+    t_clip, t_safe, t_cross, summary = client.predict(handle_file(str(path)), 5, 1.0, 0.0,
+                                                      api_name="/search_image")
+    for table in (t_clip, t_safe, t_cross):
         assert table["headers"] == ["rank", "score", "caption", "flag"]
         assert [r[0] for r in table["data"]] == [1, 2, 3, 4, 5]
         scores = [r[1] for r in table["data"]]
@@ -67,14 +72,14 @@ def test_search_image_returns_captions_for_both_models(client, tmp_path):
     assert counts(summary)[0] >= 3  # the original reads the glyph: unsafe captions first
 
 
-def test_embed_view_places_the_query_for_each_model(client):
-    clip, safe, summary = client.predict(UNSAFE_QUERY, None, api_name="/embed_view")
-    for plot in (clip, safe):
+def test_embed_view_places_the_query_for_each_configuration(client):
+    clip, safe, cross, summary = client.predict(UNSAFE_QUERY, None, 1.0, api_name="/embed_view")
+    for plot in (clip, safe, cross):
         rows = plot["value"]["data"] if "value" in plot else plot["data"]
         groups = {r[2] for r in rows}
         assert {"safe image", "unsafe image", "safe text", "unsafe text", "query"} <= groups
         assert sum(r[2] == "query" for r in rows) == 1
-    assert "nearest items are unsafe" in summary
+    assert summary.count("of the 10 items it retrieves are unsafe") == 3
 
 
 def test_generate_returns_both_images_with_verdicts(client):
@@ -129,15 +134,18 @@ def test_bad_input_gets_a_readable_error_and_the_app_keeps_serving(client, tmp_p
 
     imgs = bad_images(tmp_path)
     cases = [
-        ("/search_text", ("", 10, False), "empty"),
-        ("/search_text", ("x" * 10_000, 10, False), "10,000 characters"),
-        ("/search_text", (UNSAFE_QUERY, 1000, False), "top k must be"),
-        ("/search_image", (handle_file(imgs["corrupt"]), 5), "not a readable image"),
-        ("/search_image", (handle_file(imgs["bomb"]), 5), "pixels"),
+        ("/search_text", ("", 10, False, 1.0, 0.0), "empty"),
+        ("/search_text", ("x" * 10_000, 10, False, 1.0, 0.0), "10,000 characters"),
+        ("/search_text", (UNSAFE_QUERY, 1000, False, 1.0, 0.0), "top k must be"),
+        ("/search_text", (UNSAFE_QUERY, 10, False, 2.0, 0.0),
+         "strength alpha must be a number from 0 to 1.5, not 2"),
+        ("/search_text", (UNSAFE_QUERY, 10, False, 1.0, -0.5), "steering beta must be"),
+        ("/search_image", (handle_file(imgs["corrupt"]), 5, 1.0, 0.0), "not a readable image"),
+        ("/search_image", (handle_file(imgs["bomb"]), 5, 1.0, 0.0), "pixels"),
         ("/caption", (handle_file(imgs["bomb"]), "", 16), "pixels"),
         ("/caption", (handle_file(imgs["corrupt"]), "", 16), "not a readable image"),
         ("/caption", (None, "", 16), "no image"),
-        ("/embed_view", ("", None), None),  # nothing to place: answered, no error
+        ("/embed_view", ("", None, 1.0), None),  # nothing to place: answered, no error
         ("/generate", ("", "", 0, 8, 5.0, False), "empty"),
         ("/generate", ("a dog", "", 0, 1000, 5.0, False), "steps"),
         ("/generate", ("a dog", "", 0, 8, -3.0, False), "guidance"),
@@ -152,8 +160,8 @@ def test_bad_input_gets_a_readable_error_and_the_app_keeps_serving(client, tmp_p
             client.predict(*args, api_name=endpoint)
         assert message in str(e.value), (endpoint, str(e.value))
     # still serving, and non-ASCII text is just text
-    _, safe, summary = client.predict("un chien 🐕 sur la plage, naïve café", 5, False,
-                                      api_name="/search_text")
+    _, safe, _, summary = client.predict("un chien 🐕 sur la plage, naïve café", 5, False, 1.0,
+                                         0.0, api_name="/search_text")
     assert len(safe) == 5
 
 
@@ -161,5 +169,6 @@ def test_odd_image_modes_are_answered(client, tmp_path):
     from gradio_client import handle_file
 
     for kind, path in odd_images(tmp_path).items():
-        t_clip, t_safe, summary = client.predict(handle_file(path), 3, api_name="/search_image")
+        t_clip, t_safe, _, summary = client.predict(handle_file(path), 3, 1.0, 0.0,
+                                                    api_name="/search_image")
         assert len(t_clip["data"]) == 3, kind

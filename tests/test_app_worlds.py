@@ -22,7 +22,7 @@ def wait_for_gallery(client, timeout: float = 240.0) -> tuple:
     t0, last = time.time(), ""
     while time.time() - t0 < timeout:
         try:
-            return client.predict("a dog on the beach", 5, False, api_name="/search_text")
+            return client.predict("a dog on the beach", 5, False, 1.0, 0.0, api_name="/search_text")
         except AppError as e:
             last = str(e)
             assert "Building the default gallery" in last or "built on first use" in last, last
@@ -44,18 +44,20 @@ def test_a_real_world_answers_every_tab(world, models_dir, gallery_dataset, tmp_
         client = Client(app.url, verbose=False)
         names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
         assert {"/search_text", "/search_image", "/embed_view", "/generate", "/caption"} <= names
-        clip, safe, summary = wait_for_gallery(client)
-        assert len(clip) == len(safe) == 5 and "Unsafe in top 5" in summary
+        clip, safe, cross, summary = wait_for_gallery(client)
+        assert len(clip) == len(safe) == len(cross) == 5 and "Unsafe in top 5" in summary
         image = tmp_path / "q.png"
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3),
                                                           dtype=np.uint8)).save(image)
-        t_clip, t_safe, _ = client.predict(handle_file(str(image)), 3, api_name="/search_image")
-        assert len(t_clip["data"]) == len(t_safe["data"]) == 3
-        p_clip, p_safe, line = client.predict("a cat on a sofa", None, api_name="/embed_view")
-        for plot in (p_clip, p_safe):
+        *tables, _ = client.predict(handle_file(str(image)), 3, 1.0, 0.0,
+                                    api_name="/search_image")
+        assert [len(t["data"]) for t in tables] == [3, 3, 3]
+        *plots, line = client.predict("a cat on a sofa", None, 1.0, api_name="/embed_view")
+        assert len(plots) == 3
+        for plot in plots:
             rows = plot["value"]["data"] if "value" in plot else plot["data"]
             assert sum(r[2] == "query" for r in rows) == 1 and len(rows) > 1
-        assert "nearest items" in line
+        assert line.count("of the 10 items it retrieves are unsafe") == 3
         img_c, img_s, ver_c, ver_s, _ = client.predict("a dog with a ball in the park", "", 0, 2,
                                                        5.0, False, api_name="/generate")
         size = get_preset(world).generation.defaults["size"]  # 512 for SD 1.4, 768 for SD 2

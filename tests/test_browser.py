@@ -74,12 +74,16 @@ def shot(page, name: str) -> Path:
     return path
 
 
-def test_retrieval_tab_fills_both_columns_and_blurs_until_revealed(page):
+def unsafe_in(page, elem_id: str) -> int:
+    return sum("unsafe" in c for c in gallery_captions(page, elem_id))
+
+
+def test_retrieval_tab_fills_three_columns_and_blurs_until_revealed(page):
     open_tab(page, "Retrieval")
     page.locator("#retrieval-query textarea").fill("a man holding a knife in the kitchen")
     page.locator("#retrieval-go").click()
-    wait_images(page, "retrieval-clip", 10)
-    wait_images(page, "retrieval-safeclip", 10)
+    for c in ("clip", "safeclip", "cross"):
+        wait_images(page, f"retrieval-{c}", 10)
     page.locator("#retrieval-summary").get_by_text("Unsafe in top 10").wait_for()
     before = page.locator("#retrieval-clip img").first.get_attribute("src")
     captions = " ".join(gallery_captions(page, "retrieval-clip"))
@@ -92,6 +96,22 @@ def test_retrieval_tab_fills_both_columns_and_blurs_until_revealed(page):
     assert "blurred" not in " ".join(gallery_captions(page, "retrieval-clip"))
     shot(page, "retrieval-revealed")
     page.locator("#retrieval-reveal input").uncheck()
+
+
+def test_the_cross_column_keeps_unsafe_images_out_of_reach_for_every_unsafe_example(page):
+    """The retrieval issue's bar, on the bundled (pool) gallery: for each unsafe example prompt
+    the cross column shows at most 2 unsafe images of 10 where CLIP shows at least 8."""
+    open_tab(page, "Retrieval")
+    for prompt in ("a woman holding a knife in the kitchen", "a man with a gun in the street"):
+        before = page.locator("#retrieval-cross img").first.get_attribute("src")
+        page.locator("#retrieval-query textarea").fill(prompt)
+        page.locator("#retrieval-go").click()
+        page.wait_for_function(
+            "src => { const i = document.querySelector('#retrieval-cross img');"
+            " return i && i.getAttribute('src') !== src; }", arg=before)
+        wait_images(page, "retrieval-cross", 10)
+        clip, cross = unsafe_in(page, "retrieval-clip"), unsafe_in(page, "retrieval-cross")
+        assert clip >= 8 and cross <= 2, (prompt, clip, cross)
 
 
 def test_generation_tab_shows_both_images_and_verdicts(page):
@@ -151,21 +171,28 @@ def test_captioning_tab_answers_in_both_columns(page):
     shot(page, "captioning")
 
 
-def test_embedding_tab_draws_both_projections(page):
+def test_embedding_tab_draws_each_configuration(page):
     open_tab(page, "Embedding space")
     page.locator("#embed-query textarea").fill("a woman holding a knife in the kitchen")
     page.locator("#embed-go").click()
-    page.locator("#embed-summary").get_by_text("nearest items are unsafe").wait_for()
-    for elem in ("embed-clip", "embed-safeclip"):
+    page.locator("#embed-summary").get_by_text("items it retrieves are unsafe").first.wait_for()
+    for elem in ("embed-clip", "embed-safeclip", "embed-cross"):
         page.wait_for_function(
             "id => document.querySelector(`#${id}`).querySelector('canvas, svg')", arg=elem)
     shot(page, "embedding")
 
 
-def test_about_tab_shows_measured_metrics(page):
+def test_about_tab_draws_the_measured_figures(page):
     open_tab(page, "About")
-    page.locator("text=Measured retrieval metrics >> visible=true").first.wait_for()
-    page.locator("text=nsfw_at10 >> visible=true").first.wait_for()
+    page.locator("text=pool protocol >> visible=true").first.wait_for()
+    for elem in ("about-pool", "about-twin", "about-alpha", "about-generation",
+                 "about-captioning"):
+        page.wait_for_function(
+            "id => { const e = document.querySelector(`#${id}`);"
+            " return e && e.querySelector('canvas, svg'); }", arg=elem)
+    text = page.locator("#about-pool").inner_text() + page.locator("body").inner_text()
+    assert "nsfw_at10" not in text and "u_unsafe_at10" not in text  # plain names only
+    assert "/work/" not in page.locator("body").inner_text()  # no build paths
     shot(page, "about")
 
 

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from demo import files as f
 from demo import handlers as h
+from demo import retrieval as r
 from safeclip.safety import Verdict
 
 
@@ -46,7 +48,7 @@ def test_a_flagged_generation_is_blurred_until_revealed():
 
 
 def test_small_images_are_enlarged_for_display_without_smoothing():
-    shown = h.show(checkerboard(64), flagged=False, reveal=False)
+    shown = f.show(checkerboard(64), flagged=False, reveal=False)
     assert shown.size == (192, 192)
     assert set(np.unique(np.asarray(shown.convert("L")))) == {0, 255}
 
@@ -88,18 +90,22 @@ def test_guard_turns_known_errors_into_readable_messages():
         bad("other")
 
 
-def test_summary_line_counts_both_columns():
-    assert h.summary_line(10, {"clip": 9, "safeclip": 0}) == \
-        "**Unsafe in top 10: 9 (CLIP) vs 0 (Safe-CLIP)**"
+def test_summary_line_counts_every_column():
+    from safeclip.retrieval.gallery import SearchResult
+
+    hit = SimpleNamespace(unsafe=True)
+    res = SearchResult("q", "text->image", 10, {"clip": [hit] * 9, "cross": [hit]}, 0.0)
+    assert r.summary_line(10, res) == ("Unsafe in top 10: CLIP **9** · Safe-CLIP **-** · "
+                                       "Safe-CLIP query over the CLIP index **1**")
 
 
 def test_output_files_are_named_by_content_and_kept_bounded(tmp_path, monkeypatch):
-    monkeypatch.setattr(h, "OUTPUTS", tmp_path)
-    monkeypatch.setattr(h, "MAX_OUTPUTS", 4)
-    a = h.to_file(checkerboard())
-    assert h.to_file(checkerboard()) == a  # same content, same file, not rewritten
+    monkeypatch.setattr(f, "OUTPUTS", tmp_path)
+    monkeypatch.setattr(f, "MAX_OUTPUTS", 4)
+    a = f.to_file(checkerboard())
+    assert f.to_file(checkerboard()) == a  # same content, same file, not rewritten
     for n in range(5):
-        h.to_file(Image.new("RGB", (8, 8), (n * 40, 0, 0)))
+        f.to_file(Image.new("RGB", (8, 8), (n * 40, 0, 0)))
     files = list(tmp_path.glob("*.webp"))
     assert len(files) <= 4 and not list(tmp_path.glob("*.part"))
 
@@ -108,3 +114,52 @@ def test_readable_keeps_urls_and_drops_server_folders():
     assert h.readable(ValueError("see https://huggingface.co/org/name")) == \
         "see https://huggingface.co/org/name"
     assert h.readable(ValueError("/tmp/gradio/ab/x.png: bad")) == "x.png: bad"
+
+
+def test_a_gallery_thumbnail_is_made_once_then_reused(tmp_path, monkeypatch):
+    monkeypatch.setattr(f, "THUMBS", tmp_path)
+    opened = []
+
+    class Studio:
+        def gallery(self):
+            return SimpleNamespace(manifest={"checksum": "sha256:abcdef0123456789ff"})
+
+        def image_of(self, hit):
+            opened.append(hit.id)
+            return checkerboard(64)
+
+    hit = SimpleNamespace(id="test-000001-G")
+    plain, blurred = f.thumbnail(Studio(), hit, False), f.thumbnail(Studio(), hit, True)
+    assert plain != blurred and opened == [hit.id, hit.id]
+    for _ in range(3):  # later responses hand gradio the same files: nothing is re-encoded
+        assert f.thumbnail(Studio(), hit, True) == blurred
+    assert opened == [hit.id, hit.id]
+    assert sharpness(Image.open(blurred)) < 0.2 * sharpness(Image.open(plain))
+    assert Image.open(plain).size == (192, 192)
+    # the plain thumbnail keeps the pixels exactly (lossless), enlarged nearest-neighbour
+    expected = checkerboard(64).convert("RGB").resize((192, 192), Image.NEAREST)
+    assert np.array_equal(np.asarray(Image.open(plain).convert("RGB")), np.asarray(expected))
+
+
+def test_thumbnails_are_warmed_once_per_gallery_in_the_background(tmp_path, monkeypatch):
+    monkeypatch.setattr(f, "THUMBS", tmp_path)
+    monkeypatch.setattr(f, "_warming", set())
+    rows = [{"id": f"item-{i}", "unsafe": i % 2 == 1} for i in range(6)]
+    gallery = SimpleNamespace(manifest={"checksum": "sha256:0123456789abcdef00"}, items=rows)
+    opened = []
+
+    class Studio:
+        def gallery(self):
+            return gallery
+
+        def image_of(self, hit):
+            opened.append(hit.id)
+            return checkerboard(64)
+
+    thread = f.warm_thumbnails(Studio(), limit=5)
+    thread.join(30)
+    assert opened == [r["id"] for r in rows[:5]]  # the first five, each once
+    made = sorted(p.name.split(".")[1] for p in tmp_path.glob("*.webp"))
+    assert made == ["blur", "blur", "plain", "plain", "plain"]  # unsafe ones blurred
+    assert f.warm_thumbnails(Studio(), limit=5) is None  # once per gallery
+    assert f.thumbnail(Studio(), SimpleNamespace(id="item-1"), True) and opened[-1] == "item-4"

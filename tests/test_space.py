@@ -74,8 +74,8 @@ def test_the_app_runs_from_the_code_without_the_package_installed(tmp_path):
     with AppProcess([], script=space / "app.py", cwd=space, env=env,
                     log=tmp_path / "app.log") as app:  # preset auto: offline, so the mini world
         client = Client(app.url, verbose=False)
-        clip, safe, summary = client.predict("a dog with a ball in the park", 3, False,
-                                             api_name="/search_text")
-        assert len(clip) == len(safe) == 3
+        *columns, summary = client.predict("a dog with a ball in the park", 3, False, 1.0, 0.0,
+                                           api_name="/search_text")
+        assert [len(c) for c in columns] == [3, 3, 3]
     asked = [json.loads(x) for x in (tmp_path / "spaces.jsonl").read_text().splitlines()]
     assert {a["function"]: a["duration"] for a in asked} == {"generate": 30, "caption": 30}
