@@ -11,6 +11,7 @@ ViSU, Hub datasets), ``store`` (on-disk layout, manifest, resumable shards), ``b
 (embedding and indexing, adding images), ``gallery`` (search). Command line: ``safeclip index``
 and ``safeclip search`` (``safeclip/index_cli.py``).
 """
+from . import foreign  # noqa: F401 - registers clip-retrieval folders with Gallery.open
 from .add import add_to_gallery
 from .ann import EXACT_MAX, IndexSpec, build_index, choose_spec, search
 from .build import BuildReport, IndexOptions, build_gallery

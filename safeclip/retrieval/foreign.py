@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import ann, store
-from .gallery import Gallery, Hit
+from .gallery import OPENERS, Gallery, Hit
 
 logger = logging.getLogger(__name__)
 
@@ -156,5 +156,11 @@ def open_clip_retrieval(folder, preset, *, pair=None, overrides=None, device=Non
     from ..encoders import load_clip_pair
     from ..presets import get_preset
 
+    if preset is None:
+        raise InputError(f"{folder} is a clip-retrieval index, which does not record its model: "
+                         "name the world that built it (--preset)")
     world = get_preset(preset, overrides)
     return ForeignGallery(Path(folder), world, pair or load_clip_pair(world, device=device))
+
+
+OPENERS.append((is_clip_retrieval, open_clip_retrieval))  # Gallery.open knows the layout

@@ -98,6 +98,12 @@ LIMITS = {"k": Number("top k", 1, 50),
           "query": Text("query", 1000, reader="CLIP reads only the first few dozen words")}
 
 
+# (recognises(directory), open(directory, preset, pair=, overrides=, device=)) of index
+# layouts other than this package's; modules that add one register it (safeclip.retrieval
+# imports them), so this module imports none of them
+OPENERS: list[tuple] = []
+
+
 class Gallery:
     """An index directory opened with a world's two models (see the module docstring)."""
 
@@ -138,13 +144,9 @@ class Gallery:
         """Open an index for ``preset`` (default: the world it was built with); an index built
         with another world or embedding size is refused with GalleryMismatchError."""
         directory = Path(directory)
-        from .foreign import is_clip_retrieval, open_clip_retrieval
-        if is_clip_retrieval(directory):  # built by clip-retrieval / autofaiss: clip and cross
-            if preset is None:
-                raise InputError(f"{directory} is a clip-retrieval index, which does not record "
-                                 "its model: name the world that built it (--preset)")
-            return open_clip_retrieval(directory, preset, pair=pair, overrides=overrides,
-                                       device=device)
+        for recognises, opener in OPENERS:  # other layouts (foreign.py: clip-retrieval folders)
+            if recognises(directory):
+                return opener(directory, preset, pair=pair, overrides=overrides, device=device)
         manifest = store.read_manifest(directory)
         preset = get_preset(preset or manifest["preset"], overrides)
         store.check_compatible(manifest, preset.name, {}, str(directory))  # before loading models
