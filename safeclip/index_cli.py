@@ -59,6 +59,9 @@ def _hub_columns(args) -> dict:
 
 
 def _print_report(report, as_json: bool, verb: str) -> None:
+    if report.worker:  # one of several processes: worker 0 prints the gallery's report
+        print(f"{report.worker}: done ({report.seconds:.1f}s); worker 0 writes {report.out}")
+        return
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
         return
@@ -85,8 +88,13 @@ def _print_report(report, as_json: bool, verb: str) -> None:
 def build_main(argv=None) -> int:
     from .retrieval.build import IndexOptions, build_gallery
 
-    p = argparse.ArgumentParser(prog="safeclip index build",
-                                description="Embed a gallery with both models and index it.")
+    p = argparse.ArgumentParser(
+        prog="safeclip index build",
+        description="Embed a gallery with both models and index it. Several GPUs: `accelerate "
+                    "launch --multi_gpu --num_processes N -m safeclip index build ...`; several "
+                    "CPU processes: `torchrun --nproc_per_node N -m safeclip index build ... "
+                    "--device cpu` (batches are split between the processes, worker 0 writes "
+                    "the index; an interrupted run resumes with any number of them).")
     add_common_args(p)
     _source_args(p, required=True)
     p.add_argument("--out", type=Path, required=True, help="index directory to write")
@@ -112,7 +120,7 @@ def build_main(argv=None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace an existing index")
     p.add_argument("--cross-only", action="store_true",
                    help="embed with the original CLIP only: an index for the clip and cross "
-                        "configurations, in about half the time")
+                        "configurations, without the second model's embedding pass")
     args = p.parse_args(argv)
     setup_logging(args.log_level)
     options = IndexOptions(args.index_type, args.exact_max, args.nlist, args.nprobe, args.hnsw_m,

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..parallel import Workers
 from ..presets import get_preset
 from . import ann, store
 from .sources import Source, make_source
@@ -54,6 +55,7 @@ class BuildReport:
     unsafe: dict = field(default_factory=dict)  # counts of flagged / safe / unknown images
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    worker: str | None = None  # "worker 1 of 4" on a process that does not write the index
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -148,15 +150,21 @@ class _Judge:
 
 
 def _embed_batches(items: list, prefix: str, work: Path, batch_size: int, embed, desc: str,
-                   progress=None):
+                   progress=None, workers: Workers | None = None):
     """Embed ``items`` batch by batch into shards, skipping shards already there; returns
     (number of shards, batches resumed, items embedded now). ``progress(what, done, total)`` is
-    called after every batch."""
+    called after every batch. Under several ``workers`` each embeds its own batches, and all of
+    them wait until every shard is written."""
     from tqdm.auto import tqdm
 
+    workers = workers or Workers()
     starts = list(range(0, len(items), batch_size))
+    mine = [b for b in range(len(starts)) if workers.mine(b)]
+    if workers.world > 1:
+        desc = f"{desc} ({workers.describe()})"
     resumed = embedded = 0
-    for b, s in enumerate(tqdm(starts, desc=desc, unit="batch", leave=False)):
+    for b in tqdm(mine, desc=desc, unit="batch", leave=False):
+        s = starts[b]
         if store.shard_path(work, prefix, b).exists():
             resumed += 1
         else:
@@ -165,6 +173,8 @@ def _embed_batches(items: list, prefix: str, work: Path, batch_size: int, embed,
             embedded += len(rows)
         if progress is not None:
             progress(prefix, min(s + batch_size, len(items)), len(items))
+    workers.wait()
+    resumed, embedded = workers.total(resumed), workers.total(embedded)
     return len(starts), resumed, embedded
 
 
@@ -287,7 +297,8 @@ def build_gallery(preset, out: str | Path, *, images=None, dataset: str | None =
     models = tuple(models)
     if models not in (("clip",), ("clip", "safeclip"), ("safeclip",)):
         raise InputError(f"a gallery embeds with clip, or clip and safeclip, not {models}")
-    encoders = (load_encoders(preset, models, device) if pair is None
+    workers = Workers.current(device)  # several under accelerate launch / torchrun
+    encoders = (load_encoders(preset, models, workers.device) if pair is None
                 else as_encoders(pair, models))
     dim = next(iter(_dims(encoders).values()))
     models = _models_entry(preset, encoders)
@@ -298,12 +309,16 @@ def build_gallery(preset, out: str | Path, *, images=None, dataset: str | None =
             "source": source.describe(), "n": len(ids), "ids": store.plan_checksum(ids),
             "batch_size": int(batch_size), "judge": judge_name, "captions": bool(captions),
             "caption_file": str(caption_file) if caption_file else None}
-    store.prepare_work(work, plan, restart)
+    if workers.main:  # the others join the shard folder once it is ready
+        store.prepare_work(work, plan, restart)
+    workers.wait()
+    if not workers.main:
+        store.prepare_work(work, plan, restart=False)
 
     n_img, resumed, embedded = _embed_batches(
         ids, "images", work, batch_size,
         _image_embedder(source, encoders, _Judge(judge_spec, preset), dim),
-        f"embed {len(ids)} images", progress)
+        f"embed {len(ids)} images", progress, workers)
     vectors, rows, skipped = store.read_shards(work, "images", n_img, dim, tuple(encoders))
     if not rows:
         raise InputError(f"none of the {len(ids)} images could be read (first: {skipped[:3]})")
@@ -313,7 +328,10 @@ def build_gallery(preset, out: str | Path, *, images=None, dataset: str | None =
         cap_rows += read_caption_file(caption_file)
     n_cap, r2, _ = _embed_batches(cap_rows, "captions", work, 4 * batch_size,
                                   _text_embedder(encoders, dim), f"embed {len(cap_rows)} captions",
-                                  progress)
+                                  progress, workers)
+    if not workers.main:  # worker 0 indexes and writes the gallery
+        return BuildReport(str(out), len(rows), len(cap_rows), embedded, resumed + r2,
+                           seconds=round(time.time() - t0, 2), worker=workers.describe())
     cap_vectors, cap_rows, _ = store.read_shards(work, "captions", n_cap, dim, tuple(encoders))
 
     files, index_specs = {"items": "items.jsonl"}, {}
@@ -335,6 +353,8 @@ def build_gallery(preset, out: str | Path, *, images=None, dataset: str | None =
         files["steering"] = steering["file"]
     report = BuildReport(str(out), len(rows), len(cap_rows), embedded, resumed + r2, skipped,
                          index_specs, _unsafe_counts(rows), 0.0)
+    if workers.world > 1:
+        report.notes.append(f"embedded by {workers.world} workers")
     if getattr(source, "ignored", 0):
         report.notes.append(f"{source.ignored} file(s) without an image extension ignored")
     manifest = {
