@@ -50,11 +50,25 @@ def interpolate(original, safe, alpha: float):
     return dialled
 
 
-class Dial:
-    """Dialled encoders of one pair, built once per alpha value (a few kept)."""
+DIAL_BUDGET_BYTES = 2 * 2**30  # moved tensors the cache of dialled models may hold
 
-    def __init__(self, original, safe, keep: int = 4):
-        self.original, self.safe, self.keep = original, safe, keep
+
+def moved_bytes(dialled, original) -> int:
+    """Bytes of the dialled model's own tensors (those not shared with the original)."""
+    if dialled is original:
+        return 0
+    shared = {id(p) for p in original.model.parameters()}
+    return sum(p.numel() * p.element_size() for p in dialled.model.parameters()
+               if id(p) not in shared)
+
+
+class Dial:
+    """Dialled encoders of one pair, built once per alpha value and kept: at most ``keep``, and
+    no more than fit in ``budget`` bytes of moved tensors (a fully fine-tuned ViT-L/14 moves
+    1.7 GB, so it keeps one; the mini models keep ``keep``)."""
+
+    def __init__(self, original, safe, keep: int = 4, budget: int = DIAL_BUDGET_BYTES):
+        self.original, self.safe, self.keep, self.budget = original, safe, keep, budget
         self._cache: OrderedDict[float, object] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -64,8 +78,11 @@ class Dial:
         alpha = round(ALPHA.check(alpha), 4)
         with self._lock:
             if alpha not in self._cache:
-                self._cache[alpha] = interpolate(self.original, self.safe, alpha)
-                while len(self._cache) > self.keep:
+                dialled = interpolate(self.original, self.safe, alpha)
+                size = moved_bytes(dialled, self.original)
+                keep = self.keep if size == 0 else max(1, min(self.keep, self.budget // size))
+                self._cache[alpha] = dialled
+                while len(self._cache) > keep:
                     self._cache.popitem(last=False)
             self._cache.move_to_end(alpha)
             return self._cache[alpha]

@@ -13,7 +13,7 @@ from safeclip.errors import InputError
 from safeclip.eval import protocols
 from safeclip.presets import ModelSpec, Preset, Retrieval
 from safeclip.retrieval import Gallery, GalleryMismatchError, ann, build_gallery, store
-from safeclip.strength import Dial, interpolate
+from safeclip.strength import Dial, interpolate, moved_bytes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TEXTS = ["a red dog holding a kite", "a child with a knife in the park", "a cat on a sofa"]
@@ -83,6 +83,19 @@ def test_the_dial_caches_refuses_out_of_range_and_other_kinds(pair):
     other.backend = "open_clip"
     with pytest.raises(InputError, match="two models of one kind"):
         interpolate(pair.clip, other, 0.5)
+
+
+def test_the_dial_keeps_no_more_dialled_models_than_its_memory_budget(pair):
+    moved = moved_bytes(interpolate(pair.clip, pair.safeclip, 0.5), pair.clip)
+    assert moved > 0 and moved_bytes(pair.safeclip, pair.safeclip) == 0
+    dial = Dial(pair.clip, pair.safeclip, keep=4, budget=2 * moved)  # room for two
+    a, b = dial(0.25), dial(0.5)
+    assert dial(0.25) is a and dial(0.5) is b
+    dial(0.75)
+    assert dial(0.5) is b and dial(0.25) is not a  # the least recently used one went
+    tight = Dial(pair.clip, pair.safeclip, keep=4, budget=1)  # less than one: still keeps one
+    c = tight(0.5)
+    assert tight(0.5) is c
 
 
 # ----------------------------------------------------------------- configurations, steering
