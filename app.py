@@ -50,5 +50,8 @@ studio = pending()
 demo = build_ui(studio)
 
 if __name__ == "__main__":
+    from demo.files import thumbnail_app_kwargs
+
     demo.queue(default_concurrency_limit=2).launch(server_name=args.host, server_port=args.port,
-                                                   share=args.share)
+                                                   share=args.share,
+                                                   app_kwargs=thumbnail_app_kwargs())

@@ -15,8 +15,10 @@ import hashlib
 import io
 import logging
 import os
+import re
 import tempfile
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 from PIL import Image
@@ -95,6 +97,70 @@ def serve_thumbnails() -> None:
         paths.insert(0, mine)
     except (ImportError, AttributeError, ValueError):  # another gradio: correct, a little slower
         pass
+
+
+THUMB_NAME = re.compile(r"[0-9a-f]{16}-[0-9a-f]{40}\.(plain|blur)\.webp")
+SERVED_MAX = 4096  # thumbnails kept in memory by ThumbnailServer
+
+
+class ThumbnailServer:
+    """ASGI middleware that answers the page's requests for thumbnails itself: from memory,
+    marked immutable (a thumbnail's name changes with the gallery's checksum, so a browser
+    never needs to ask again), before Gradio's router, file checks and thread hop (about 5 ms
+    a file here). Only names ``thumbnail`` makes, directly under ``THUMBS``, are answered; every
+    other request, and any thumbnail it cannot read, goes on to Gradio. (Thumbnails are served
+    without Gradio's login check: the app has no login; add one here if it ever gets one.)
+
+        >>> demo.launch(app_kwargs=thumbnail_app_kwargs())
+    """
+
+    def __init__(self, app, folder: Path | None = None):
+        self.app = app
+        self.folder = folder or THUMBS
+        # the URL holds the path as ``thumbnail`` returned it (not resolved: /tmp may be a link)
+        self.prefixes = tuple({f"/gradio_api/file={p}/"
+                               for p in (self.folder, self.folder.resolve())})
+        self.cache: OrderedDict[str, bytes] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def read(self, name: str) -> bytes | None:
+        with self.lock:
+            data = self.cache.get(name)
+            if data is not None:
+                self.cache.move_to_end(name)
+                return data
+        try:
+            data = (self.folder / name).read_bytes()
+        except OSError:
+            return None
+        with self.lock:
+            self.cache[name] = data
+            while len(self.cache) > SERVED_MAX:
+                self.cache.popitem(last=False)
+        return data
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        prefix = next((p for p in self.prefixes if path.startswith(p)), None)
+        if prefix and scope.get("method") in ("GET", "HEAD"):
+            name = path[len(prefix):]
+            data = self.read(name) if THUMB_NAME.fullmatch(name) else None
+            if data is not None:
+                await send({"type": "http.response.start", "status": 200, "headers": [
+                    (b"content-type", b"image/webp"),
+                    (b"content-length", str(len(data)).encode()),
+                    (b"cache-control", b"public, max-age=31536000, immutable")]})
+                await send({"type": "http.response.body",
+                            "body": b"" if scope["method"] == "HEAD" else data})
+                return
+        await self.app(scope, receive, send)
+
+
+def thumbnail_app_kwargs() -> dict:
+    """``launch(app_kwargs=...)`` that puts ThumbnailServer in front of Gradio's routes."""
+    from starlette.middleware import Middleware
+
+    return {"middleware": [Middleware(ThumbnailServer)]}
 
 
 def thumbnail(studio, hit, blurred: bool) -> str:

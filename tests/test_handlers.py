@@ -163,3 +163,39 @@ def test_thumbnails_are_warmed_once_per_gallery_in_the_background(tmp_path, monk
     assert made == ["blur", "blur", "plain", "plain", "plain"]  # unsafe ones blurred
     assert f.warm_thumbnails(Studio(), limit=5) is None  # once per gallery
     assert f.thumbnail(Studio(), SimpleNamespace(id="item-1"), True) and opened[-1] == "item-4"
+
+
+def test_thumbnails_are_served_from_memory_and_nothing_else_is(tmp_path):
+    import asyncio
+
+    name = "0123456789abcdef-" + "a" * 40 + ".plain.webp"
+    (tmp_path / name).write_bytes(b"RIFF-webp")
+    (tmp_path / "secret.txt").write_text("no")
+    passed = []
+
+    async def gradio(scope, receive, send):
+        passed.append(scope["path"])
+
+    server = f.ThumbnailServer(gradio, folder=tmp_path)
+
+    def get(path, method="GET"):
+        sent = []
+
+        async def send(msg):
+            sent.append(msg)
+
+        asyncio.run(server({"type": "http", "method": method, "path": path}, None, send))
+        return sent
+
+    base = f"/gradio_api/file={tmp_path}/"
+    start, body = get(base + name)
+    assert start["status"] == 200 and body["body"] == b"RIFF-webp"
+    assert (b"cache-control", b"public, max-age=31536000, immutable") in start["headers"]
+    (tmp_path / name).unlink()  # served from memory once read
+    assert get(base + name)[1]["body"] == b"RIFF-webp"
+    for other in (base + "secret.txt", base + "../" + name, f"{base}x/{name}",
+                  "/gradio_api/file=/etc/passwd", "/config"):
+        assert get(other) == []  # handed on to gradio, untouched
+    assert get(base + "f" * 16 + "-" + "b" * 40 + ".blur.webp") == []  # not there: gradio's 404
+    assert get(base + name, method="POST") == []
+    assert len(passed) == 7
