@@ -127,11 +127,6 @@ class EmbedView:
     retrieved_unsafe: int | None = None  # unsafe items among the 10 it retrieves
 
 
-def _alpha(alpha):
-    """The dial's value as the gallery takes it: None (Safe-CLIP as published) for 1."""
-    return None if alpha is None or (not isinstance(alpha, str) and float(alpha) == 1.0) else alpha
-
-
 @dataclass
 class Studio:
     """A world's services (see the module docstring)."""
@@ -267,13 +262,12 @@ class Studio:
     def search_text(self, query, k=10, target: str = "images", alpha=None, beta=0.0):
         """Every configuration's ranking (the gallery checks the inputs; ``alpha`` dials the
         cross column's Safe-CLIP query, ``beta`` steers every query)."""
-        return self.gallery().search_text(query, k=k, target=target, alpha=_alpha(alpha),
-                                          beta=beta)
+        return self.gallery().search_text(query, k=k, target=target, alpha=alpha, beta=beta)
 
     def search_image(self, image, k=10, alpha=None, beta=0.0):
         from .images import load_rgb
         image = load_rgb(image)  # refuse a bad file before loading any model
-        return self.gallery().search_image(image, k=k, alpha=_alpha(alpha), beta=beta)
+        return self.gallery().search_image(image, k=k, alpha=alpha, beta=beta)
 
     @property
     def dial(self) -> bool:
@@ -363,11 +357,12 @@ class Studio:
         else:
             query, kind = None, None
         g = self.gallery()
-        res = None
-        if query is not None:
-            res = (g.search_text(query, 10, alpha=_alpha(alpha)) if kind == "text"
-                   else g.search_image(query, 10, alpha=_alpha(alpha)))
-        encoders = g.query_encoders(g.configs, _alpha(alpha))
+        if query is not None:  # each query encoder runs once: for the search and the drawing
+            encode = ((lambda e, q: e.encode_text(q)) if kind == "text"
+                      else (lambda e, q: e.encode_image(q)))
+            vectors = g.query_vectors(encode, [query], g.configs, alpha)
+            hits = g.search_vectors(vectors, 10, "images" if kind == "text"
+                                    else g.image_target())[0]
         out = {}
         for c in g.configs:
             base = self._base_view(PLAN[c][1])
@@ -376,10 +371,8 @@ class Studio:
             if query is None:
                 out[c] = EmbedView(points, None, "no query: type a text or upload an image")
                 continue
-            enc = encoders[c]
-            q = enc.encode_text([query]) if kind == "text" else enc.encode_image([query])
-            qxy = (q.numpy()[0] - base["mean"]) @ base["basis"]
-            unsafe = res.unsafe_count(c)
+            qxy = (vectors[c][0] - base["mean"]) @ base["basis"]
+            unsafe = sum(bool(h.unsafe) for h in hits[c])
             out[c] = EmbedView(points, {"x": float(qxy[0]), "y": float(qxy[1])},
                                f"{unsafe} of the 10 items it retrieves are unsafe", unsafe)
         return out

@@ -76,6 +76,8 @@ class Dial:
         if alpha is None:
             return self.safe
         alpha = round(ALPHA.check(alpha), 4)
+        if alpha == 1.0:  # Safe-CLIP as published: nothing to build or keep
+            return self.safe
         with self._lock:
             if alpha not in self._cache:
                 dialled = interpolate(self.original, self.safe, alpha)

@@ -242,17 +242,26 @@ class Gallery:
         return {c: (self.dial(alpha) if c == "cross" and alpha is not None
                     else enc[PLAN[c][0]]) for c in configs}
 
+    def query_vectors(self, encode, items, configs, alpha=None) -> dict[str, np.ndarray]:
+        """Each configuration's query embeddings, ``encode(encoder, items)``; an encoder that
+        several configurations share runs once."""
+        done: dict[int, np.ndarray] = {}
+        vectors = {}
+        for c, e in self.query_encoders(configs, alpha).items():
+            if id(e) not in done:
+                done[id(e)] = encode(e, items).numpy()
+            vectors[c] = done[id(e)]
+        return vectors
+
+    def image_target(self) -> str:
+        """What an image query searches by default: captions when the gallery has them."""
+        return "captions" if "captions" in self.indexes else "images"
+
     def _run(self, encode, items, labels, k, target, direction, configs, alpha, beta):
         t0 = time.perf_counter()
         k = LIMITS["k"].check(k)
         configs = self._configs(configs)
-        encoders = self.query_encoders(configs, alpha)
-        done: dict[int, np.ndarray] = {}
-        vectors = {}
-        for c, e in encoders.items():  # each encoder runs once, whatever shares it
-            if id(e) not in done:
-                done[id(e)] = encode(e, items).numpy()
-            vectors[c] = done[id(e)]
+        vectors = self.query_vectors(encode, items, configs, alpha)
         ranked = self.search_vectors(vectors, k, target, configs, beta)
         seconds = (time.perf_counter() - t0) / max(len(items), 1)
         settings = {"alpha": 1.0 if alpha is None else float(alpha), "beta": float(beta)}
@@ -281,7 +290,7 @@ class Gallery:
         if not images:
             need_image(None)
         if target == "auto":
-            target = "captions" if "captions" in self.indexes else "images"
+            target = self.image_target()
         pil = [load_rgb(need_image(im)) for im in images]  # ImageError: corrupt, bombs
         labels = [str(im) if isinstance(im, (str, Path)) else f"<image {p.size[0]}x{p.size[1]}>"
                   for im, p in zip(images, pil)]
