@@ -19,7 +19,8 @@ on a sample. Codes that small cannot order a query's close neighbours (recall@10
 1M x 768 clustered vectors, ``bench/retrieval.py ann``), so the index shortlists ``rerank``
 candidates (100) and re-scores them exactly from the vectors stored as float16 on disk beside
 it and memory-mapped (``Reranked``): resident memory stays the codes', the disk holds 2 bytes
-per dimension, and ``nprobe`` is calibrated on the re-ranked results (the shortlist doubling while it is what caps the recall).
+per dimension, and ``nprobe`` is calibrated on the re-ranked results (the shortlist doubling
+while it is what caps the recall).
 HNSW (``IndexHNSWFlat``) is there for forced use, with ``efSearch`` calibrated the same way.
 The chosen type, its parameters and the measured recall travel in an ``IndexSpec`` that the
 gallery manifest records.
