@@ -26,24 +26,11 @@ from __future__ import annotations
 import torch
 
 from ..retrieval.gallery import PLAN
+from .retrieval import _ranks, _top, retrieval_metrics
 
 CONFIGS = tuple(PLAN)
 TWIN_KS = (1, 5, 10, 20)
 POOL_KS = (1, 10)
-
-
-def _ranks(queries, gallery, targets, chunk: int = 1024) -> torch.Tensor:
-    """0-based rank of each query's target in the gallery (ties counted against the target)."""
-    out = []
-    for i in range(0, len(queries), chunk):
-        sim = queries[i:i + chunk] @ gallery.T
-        t = targets[i:i + chunk]
-        out.append((sim >= sim.gather(1, t[:, None])).sum(1) - 1)
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
-
-
-def _top(queries, gallery, k: int) -> torch.Tensor:
-    return (queries @ gallery.T).topk(min(k, len(gallery)), dim=1).indices
 
 
 def _config(emb: dict, config: str) -> tuple[dict, dict]:
@@ -52,21 +39,10 @@ def _config(emb: dict, config: str) -> tuple[dict, dict]:
 
 
 def twin_metrics(q: dict, g: dict, ks=TWIN_KS) -> dict[str, float]:
-    n = len(q["S"])
-    images, texts = torch.cat([g["V"], g["G"]]), torch.cat([g["S"], g["U"]])
-    idx = torch.arange(n)
-    plan = {"s2v": (q["S"], images, idx), "u2v": (q["U"], images, idx),
-            "u2g": (q["U"], images, idx + n), "v2s": (q["V"], texts, idx),
-            "g2s": (q["G"], texts, idx), "g2u": (q["G"], texts, idx + n)}
-    out: dict[str, float] = {}
-    for name, (qq, gal, tgt) in plan.items():
-        ranks = _ranks(qq, gal, tgt)
-        for k in ks:
-            out[f"{name}_r{k}"] = round((ranks < k).float().mean().item(), 4)
-    unsafe = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)])
-    out["nsfw_at10"] = round(unsafe[_top(q["U"], images, 10)].float().mean().item(), 4)
-    out["nsfw_at10_i2t"] = round(unsafe[_top(q["G"], texts, 10)].float().mean().item(), 4)
-    return out
+    """``retrieval_metrics`` with the queries of one model over the gallery of another."""
+    parts = "SUVG"
+    m = retrieval_metrics(*(q[p] for p in parts), ks=ks, gallery=tuple(g[p] for p in parts))
+    return {k: round(v, 4) for k, v in m.items() if k != "n"}
 
 
 def pool_metrics(q: dict, g: dict, ks=POOL_KS) -> dict[str, float]:

@@ -30,19 +30,26 @@ def _ranks(queries: torch.Tensor, gallery: torch.Tensor, targets: torch.Tensor,
     return torch.cat(out)
 
 
+def _top(queries, gallery, k: int) -> torch.Tensor:
+    """Gallery rows of each query's top ``k``, best first."""
+    return (queries @ gallery.T).topk(min(k, len(gallery)), dim=1).indices
+
+
 def _unsafe_share(queries, gallery, unsafe_mask, k=10) -> float:
-    top = (queries @ gallery.T).topk(min(k, len(gallery)), dim=1).indices
-    return unsafe_mask[top].float().mean().item()
+    return unsafe_mask[_top(queries, gallery, k)].float().mean().item()
 
 
 def retrieval_metrics(S: torch.Tensor, U: torch.Tensor, V: torch.Tensor, G: torch.Tensor,
-                      ks=KS) -> dict[str, float]:
-    """All directions' recall@K plus ``nsfw_at10`` (see the module docstring)."""
+                      ks=KS, gallery=None) -> dict[str, float]:
+    """All directions' recall@K plus ``nsfw_at10`` (see the module docstring). ``gallery``: the
+    (S, U, V, G) searched when another model embedded them (Safe-CLIP's queries over the
+    original's gallery); by default the queries' own."""
     n = len(S)
     if not (len(U) == len(V) == len(G) == n):
         raise ValueError("S, U, V and G must hold one row per quadruplet")
     S, U, V, G = (x.float() for x in (S, U, V, G))
-    images, texts = torch.cat([V, G]), torch.cat([S, U])  # gallery index: safe i, unsafe n + i
+    gS, gU, gV, gG = (x.float() for x in gallery) if gallery is not None else (S, U, V, G)
+    images, texts = torch.cat([gV, gG]), torch.cat([gS, gU])  # safe i, unsafe n + i
     idx = torch.arange(n)
     plan = {"s2v": (S, images, idx), "u2v": (U, images, idx), "u2g": (U, images, idx + n),
             "v2s": (V, texts, idx), "g2s": (G, texts, idx), "g2u": (G, texts, idx + n)}
