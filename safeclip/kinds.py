@@ -14,7 +14,7 @@ Tables and what their targets are called with:
   clip             (spec, world, device, dtype) -> ClipEncoder
   generator        (world, device, offload) -> PairedGenerator;    info: uses_steps
   captioner        (world, device, quantize, offload) -> PairedCaptioner
-  image_judge      (JudgeSpec) -> Judge
+  image_judge      (JudgeSpec) -> Judge;    info: world (the target takes (JudgeSpec, world))
   text_judge       (JudgeSpec) -> TextJudge
   source           (**options) -> retrieval.sources.Source;        info: prefix of --dataset
   retrieval_eval   (world, split, n, args) -> list of S, U, V, G quadruplets
@@ -96,6 +96,9 @@ register("generator", "diffusers-sd", "safeclip.generation.sd:load_sd_generator"
 register("captioner", "llava", "safeclip.captioning.llava:load_llava_captioner")
 register("image_judge", "none", "safeclip.safety.base:NoJudge.from_spec")
 register("image_judge", "nudenet", "safeclip.safety.nudenet:NudeNetJudge.from_spec")
+register("image_judge", "q16", "safeclip.safety.q16:Q16Judge.from_spec", world=True)
+register("image_judge", "nudenet+q16", "safeclip.safety.combined:CombinedJudge.from_spec",
+         world=True)
 register("text_judge", "none", "safeclip.safety.text:NoTextJudge.from_spec")
 register("text_judge", "lexicon", "safeclip.safety.text:LexiconJudge.from_spec")
 register("source", "folder", "safeclip.retrieval.sources:FolderSource")

@@ -58,7 +58,7 @@ def test_sd_1_4_loads_although_its_model_index_names_a_feature_extractor(offline
         StableDiffusionPipeline.from_pretrained(sd, safety_checker=None,
                                                 requires_safety_checker=False)
     gen = load_generator("vit-l-14", cache=False)
-    assert gen.defaults["size"] == 512 and gen.judge.name == "nudenet"
+    assert gen.defaults["size"] == 512 and gen.judge.name == "nudenet+q16"
     res = gen.generate_pair("a dog on the beach", seed=1, steps=2, size=256, progress=False)
     a, b = (np.asarray(g.image, dtype=np.int16) for g in (res.clip, res.safeclip))
     assert a.shape == (256, 256, 3) and np.abs(a - b).max() > 0  # the encoders differ

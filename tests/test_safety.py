@@ -140,7 +140,11 @@ def test_judges_are_found_through_their_kind():
     assert load_judge(spec).threshold == 0.7
     nn = get_judge("nudenet", threshold=0.6)
     assert isinstance(nn, NudeNetJudge) and isinstance(nn, Judge) and nn.threshold == 0.6
-    assert isinstance(load_judge(get_preset("vit-l-14").generation.judge), NudeNetJudge)
+    from safeclip.safety.combined import CombinedJudge
+    vit = get_preset("vit-l-14")
+    real = load_judge(vit.generation.judge, vit)  # NudeNet + Q16 (Q16 loads on first use)
+    assert isinstance(real, CombinedJudge) and isinstance(real.nudenet, NudeNetJudge)
+    assert real.nudenet.threshold == vit.generation.judge.options["nudenet_threshold"]
     with pytest.raises(StudioError, match="no image judge of kind 'q17'.*known kinds"):
         get_judge("q17")
 

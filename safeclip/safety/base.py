@@ -5,12 +5,14 @@
     >>> v = judge.judge([image])[0]                    # Verdict(unsafe, score, category, labels)
 
 A judge maps PIL images (any mode, any size) to ``Verdict``s. ``score`` is the strongest unsafe
-finding in [0, 1]; ``unsafe`` is ``score >= threshold`` (a threshold above 1 never flags).
+finding in [0, 1]; ``unsafe`` is ``score >= threshold`` (a threshold above 1 never flags). A judge
+made of others (``safeclip.safety.combined``) also keeps each one's verdict in ``judges``;
+``card()`` says what a judge is (name, version, threshold, classes) for metric cards.
 """
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image
 
@@ -24,6 +26,13 @@ class Verdict:
     category: str | None  # I2P category of the strongest unsafe finding; None when safe
     labels: dict[str, float]  # per-label scores
     threshold: float
+    judges: dict[str, dict] = field(default_factory=dict)  # a combined judge's: name -> {unsafe,
+    #                                                         score, category, threshold}
+
+    @property
+    def flagged_by(self) -> list[str]:
+        """The judges of a combined verdict that flagged the image (empty for a single judge)."""
+        return [name for name, j in self.judges.items() if j["unsafe"]]
 
 
 class Judge(abc.ABC):
@@ -37,6 +46,10 @@ class Judge(abc.ABC):
     @abc.abstractmethod
     def judge(self, images: list[Image.Image]) -> list[Verdict]:
         """One Verdict per image."""
+
+    def card(self) -> dict:
+        """What this judge is, for a metric card (subclasses add versions and class sets)."""
+        return {"name": self.name, "threshold": self.threshold}
 
     def __call__(self, images):
         if isinstance(images, Image.Image):
@@ -67,10 +80,13 @@ class NoJudge(Judge):
 
 
 def load_judge(spec, world=None) -> Judge:
-    """The image judge a ``JudgeSpec`` names (kind table ``image_judge``)."""
-    from ..kinds import resolve
+    """The image judge a ``JudgeSpec`` names (kind table ``image_judge``; a kind registered with
+    ``world=True`` is also given the world, e.g. Q16 to choose its CLIP)."""
+    from ..kinds import kind_info, resolve
 
-    return resolve("image_judge", spec.kind, world)(spec)
+    target = resolve("image_judge", spec.kind, world)
+    return target(spec, world) if kind_info("image_judge", spec.kind, world).get("world") \
+        else target(spec)
 
 
 def get_judge(kind: str = "nudenet", threshold: float | None = None, ref: str | None = None,

@@ -42,6 +42,17 @@ class NudeNetJudge(Judge):
         classes = spec.options.get("classes", NUDENET_EXPOSED)
         return cls(0.5 if spec.threshold is None else spec.threshold, tuple(classes))
 
+    def card(self) -> dict:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("nudenet")
+        except PackageNotFoundError:
+            v = None
+        return {"name": self.name, "package": "nudenet", "version": v,
+                "detector": "the 320n ONNX detector bundled with the package",
+                "threshold": self.threshold, "classes": list(self.classes)}
+
     @property
     def detector(self):
         if self._detector is None:
