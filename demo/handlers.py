@@ -21,6 +21,7 @@ from .files import show, to_file
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("clip", "safeclip")  # generation and captioning: one model, two encoders
+JUDGES = {"nudenet": "NudeNet", "q16": "Q16"}  # how a verdict names the judges that flagged
 
 
 def guard(fn):
@@ -73,7 +74,9 @@ def render_generation(res, reveal: bool):
     for m in COLUMNS:
         v = getattr(res, m).verdict
         if v.unsafe:
-            out.append(f"⚠ **judged unsafe** ({v.category or 'unsafe'}, score {v.score:.2f})"
+            by = " and ".join(JUDGES.get(j, j) for j in getattr(v, "flagged_by", []))
+            out.append(f"⚠ **judged unsafe**{' by ' + by if by else ''} "
+                       f"({v.category or 'unsafe'}, score {v.score:.2f})"
                        + ("" if reveal else " · blurred"))
         else:
             out.append(f"✓ judged safe (score {v.score:.2f})")

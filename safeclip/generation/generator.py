@@ -64,7 +64,8 @@ class PairResult:
             v = g.verdict
             return {"flagged": g.flagged, "unsafe": bool(v.unsafe), "score": round(v.score, 4),
                     "category": v.category, "threshold": v.threshold,
-                    "labels": {k: round(float(s), 4) for k, s in v.labels.items()}}
+                    "labels": {k: round(float(s), 4) for k, s in v.labels.items()},
+                    **({"judges": v.judges, "flagged_by": v.flagged_by} if v.judges else {})}
         return {"settings": self.settings, "warnings": self.warnings,
                 "seconds": round(self.seconds, 3), "clip": one(self.clip),
                 "safeclip": one(self.safeclip)}
@@ -119,8 +120,10 @@ class PairedGenerator:
             if negative_prompt:
                 self._truncation(negative_prompt, "negative prompt", warnings)
         d, lim = self.defaults, self.limits
+        if steps is None or not self.uses_steps:  # a one-step generator ignores a steps setting
+            steps = d["steps"]
         values = {"seed": lim["seed"].check(seed),
-                  "steps": lim["steps"].check(d["steps"] if steps is None else steps),
+                  "steps": lim["steps"].check(steps),
                   "guidance": lim["guidance"].check(d["guidance"] if guidance is None
                                                     else guidance),
                   "size": lim["size"].check(d["size"] if size is None else size)}
@@ -128,21 +131,28 @@ class PairedGenerator:
 
     def generate_pair(self, prompt: str, negative_prompt: str | None = None, seed: int = 0,
                       steps: int | None = None, guidance: float | None = None,
-                      size: int | None = None, progress: bool = True) -> PairResult:
-        """Both images of ``prompt`` from the same noise; see the class docstring for limits."""
+                      size: int | None = None, progress: bool = True,
+                      judge: Judge | None = None) -> PairResult:
+        """Both images of ``prompt`` from the same noise, judged by ``judge`` (default: the
+        world's); see the class docstring for limits. A judge's one-time notice (e.g. "judged
+        for nudity only") comes back among the warnings, once."""
         t0 = time.time()
+        judge = judge or self.judge
         prompt, negative_prompt, v, warnings = self.check(prompt, negative_prompt, seed, steps,
                                                           guidance, size)
         with self._lock:
             img_o, img_s = self.paired(prompt, negative_prompt, v["seed"], v["steps"],
                                        v["guidance"], v["size"], v["size"], progress=progress)
-            v_o, v_s = self.judge.judge([img_o, img_s])
+            v_o, v_s = judge.judge([img_o, img_s])
         settings = {"preset": self.preset, "prompt": prompt, "negative_prompt": negative_prompt,
                     "seed": v["seed"], "steps": v["steps"] if self.uses_steps else None,
                     "guidance": v["guidance"], "size": v["size"],
-                    "scheduler": self.paired.sampler, "judge": self.judge.name}
+                    "scheduler": self.paired.sampler, "judge": judge.name}
         for w in warnings:
             logger.warning(w)
+        notice = getattr(judge, "pop_notice", lambda: None)()  # the judge logged it already
+        if notice:
+            warnings.append(notice)
         return PairResult(GeneratedImage(img_o, v_o, "clip"),
                           GeneratedImage(img_s, v_s, "safeclip"), settings, warnings,
                           time.time() - t0)
@@ -151,8 +161,8 @@ class PairedGenerator:
 def generation_settings(preset: str | Preset, overrides: dict | None = None) -> dict:
     """``{"defaults", "limits", "uses_steps"}`` of a world's generator, known without loading it
     (the UI is built before any model loads): the world's data, then the generator folder's
-    settings file (a JSON with ``defaults`` and ``limits``) when the world names one. Limits are
-    ``safeclip.limits`` objects."""
+    settings file (a JSON with ``defaults``, ``limits`` and, for a generator that takes one
+    step whatever it is asked, ``uses_steps`` false) when the world names one."""
     import json
     from pathlib import Path
 
@@ -164,20 +174,15 @@ def generation_settings(preset: str | Preset, overrides: dict | None = None) -> 
     if g is None:
         raise StudioError(f"world {p.name!r} has no generation")
     defaults, limits = dict(g.defaults), dict(g.limits)
+    uses_steps = kind_info("generator", g.kind, p).get("uses_steps", True)
     if g.settings_file:
         f = Path(resolve_ref(g.sd.ref)) / g.settings_file
         if f.is_file():
             conf = json.loads(f.read_text())
             defaults.update(conf.get("defaults", {}))
             limits.update(conf.get("limits", {}))
-    info = kind_info("generator", g.kind, p)
-    return {"defaults": defaults, "limits": limits, "uses_steps": info.get("uses_steps", True)}
-
-
-def settings_of(world: Preset) -> tuple[dict, dict]:
-    """(defaults, limits) of a world's generator (its data, then its settings file)."""
-    s = generation_settings(world)
-    return s["defaults"], s["limits"]
+            uses_steps = conf.get("uses_steps", uses_steps)
+    return {"defaults": defaults, "limits": limits, "uses_steps": bool(uses_steps)}
 
 
 _CACHE: dict = {}

@@ -125,9 +125,9 @@ def add_to_gallery(preset, directory: str | Path, *, images=None, dataset: str |
             "n": len(new_ids), "ids": store.plan_checksum(new_ids), "batch_size": int(batch_size),
             "judge": judge_name}
     store.prepare_work(work, plan, restart)
+    judge = _Judge(judge_spec, preset)
     n_img, resumed, embedded = _embed_batches(
-        new_ids, "images", work, batch_size,
-        _image_embedder(source, encoders, _Judge(judge_spec, preset), dim),
+        new_ids, "images", work, batch_size, _image_embedder(source, encoders, judge, dim),
         f"embed {len(new_ids)} images")
     vectors, rows, skipped = store.read_shards(work, "images", n_img, dim, models)
     if source.describe() != manifest["source"]:
@@ -170,7 +170,7 @@ def add_to_gallery(preset, directory: str | Path, *, images=None, dataset: str |
         new_files["captions"] = f"captions.g{gen}.jsonl"
         store.write_jsonl(directory / new_files["captions"], all_caps)
     report = BuildReport(str(directory), len(all_rows), len(all_caps), embedded, resumed + r2,
-                         skipped, index, _unsafe_counts(all_rows), notes=notes)
+                         skipped, index, _unsafe_counts(all_rows), notes=notes + judge.notes)
     old_files = dict(files)
     manifest.update(
         count=len(all_rows), captions=len(all_caps), index=index, generation=gen,
@@ -178,6 +178,7 @@ def add_to_gallery(preset, directory: str | Path, *, images=None, dataset: str |
         skipped=manifest["skipped"] + len(skipped),
         files={**files, **new_files}, steering=steering,
         unsafe={**manifest["unsafe"], "images": report.unsafe,
+                **({"judge_card": judge.card()} if judge.card() else {}),
                 "captions": _unsafe_counts(all_caps) if all_caps else None})
     manifest.setdefault("history", []).append(
         {"added": len(rows), "skipped": len(skipped), "source": source.describe(),

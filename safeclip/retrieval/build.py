@@ -11,8 +11,9 @@ Images are embedded in batches of ``batch_size`` with both models; each batch is
 same command continues from there. The caption corpus (captions of the items, plus an optional
 ``caption_file``) is embedded the same way. Unsafe flags come from the data when it knows them
 (synthetic tags, a labels file, a dataset column), else from a judge run on the image now: the
-world's retrieval judge by default (NudeNet for the real worlds), ``judge="none"`` leaves them
-unknown.
+world's retrieval judge by default (NudeNet + Q16 for the real worlds: each row keeps both
+verdicts, ``judges`` and ``flagged_by``, and the manifest the judge's card), ``judge="none"``
+leaves them unknown.
 Then one faiss index per model and corpus is built (see ``ann.choose_spec``), the unsafe
 direction of each index is estimated from its labelled items (for query-time steering), and the
 manifest is written last. ``models=("clip",)`` embeds with the original only: a gallery for the
@@ -136,6 +137,7 @@ class _Judge:
     def __init__(self, spec, world=None):
         self.spec, self.world, self._judge = spec, world, None
         self.name = spec.kind if spec is not None else None
+        self.notes: list[str] = []  # e.g. "judged for nudity only" (the build report's notes)
 
     def flag(self, loaded: list) -> None:
         todo = [x for x in loaded if x.image is not None and x.row.get("unsafe") is None]
@@ -147,6 +149,15 @@ class _Judge:
         for x, v in zip(todo, self._judge.judge([x.image for x in todo])):
             x.row.update(unsafe=bool(v.unsafe), unsafe_source=f"judge:{self.name}",
                          unsafe_score=round(float(v.score), 4), category=v.category)
+            if v.judges:  # a combined judge: each one's verdict, and which flagged
+                x.row.update(judges=v.judges, flagged_by=v.flagged_by)
+        notice = getattr(self._judge, "pop_notice", lambda: None)()
+        if notice:
+            self.notes.append(notice)
+
+    def card(self) -> dict | None:
+        """The judge's card (name, versions, thresholds, classes) once it has judged."""
+        return self._judge.card() if self._judge is not None else None
 
 
 def _embed_batches(items: list, prefix: str, work: Path, batch_size: int, embed, desc: str,
@@ -315,9 +326,9 @@ def build_gallery(preset, out: str | Path, *, images=None, dataset: str | None =
     if not workers.main:
         store.prepare_work(work, plan, restart=False)
 
+    judge = _Judge(judge_spec, preset)
     n_img, resumed, embedded = _embed_batches(
-        ids, "images", work, batch_size,
-        _image_embedder(source, encoders, _Judge(judge_spec, preset), dim),
+        ids, "images", work, batch_size, _image_embedder(source, encoders, judge, dim),
         f"embed {len(ids)} images", progress, workers)
     vectors, rows, skipped = store.read_shards(work, "images", n_img, dim, tuple(encoders))
     if not rows:
@@ -353,6 +364,7 @@ def build_gallery(preset, out: str | Path, *, images=None, dataset: str | None =
         files["steering"] = steering["file"]
     report = BuildReport(str(out), len(rows), len(cap_rows), embedded, resumed + r2, skipped,
                          index_specs, _unsafe_counts(rows), 0.0)
+    report.notes += judge.notes
     if workers.world > 1:
         report.notes.append(f"embedded by {workers.world} workers")
     if getattr(source, "ignored", 0):
@@ -363,7 +375,7 @@ def build_gallery(preset, out: str | Path, *, images=None, dataset: str | None =
         "captions": len(cap_rows), "checksum": store.inputs_checksum(rows, cap_rows),
         "source": source.describe(), "index": index_specs,
         "index_options": dataclasses.asdict(options),
-        "unsafe": {"judge": judge_name, "images": report.unsafe,
+        "unsafe": {"judge": judge_name, "judge_card": judge.card(), "images": report.unsafe,
                    "captions": _unsafe_counts(cap_rows) if cap_rows else None},
         "skipped": len(skipped), "generation": 0, "files": files, "steering": steering,
     }
