@@ -123,3 +123,40 @@ def test_reference_hard_negative_terms_use_the_originals_unsafe_items(embs):
     assert tuned.item() != pytest.approx(out["U_Vref_Grefneg"].item(), rel=1e-3)
     with pytest.raises(KeyError, match=r"ref\[G\]"):
         loss(ft, {"S": ref["S"], "V": ref["V"], "U": ref["U"]})
+
+
+def test_alignment_follows_content_not_positions():
+    from safeclip.train.losses import align_tokens
+
+    bos, eos = 1, 2
+    s = torch.tensor([[bos, 10, 11, 12, 13, eos, eos, eos]])  # "a man holding a kite"
+    # U rewrites one token into two ("a razor blade"), so everything after it shifts by one
+    u = torch.tensor([[bos, 10, 11, 12, 20, 21, eos, eos]])
+    a = align_tokens(u, s)[0].tolist()
+    assert a[:4] == [0, 1, 2, 3]  # the equal prefix, one to one
+    assert a[4] == a[5] == 4  # the rewritten span onto the token it replaces
+    assert a[6:] == [5, 6]  # the end token and the padding keep their content's place
+    # a token U inserts maps to the one before it; positions never leave S
+    u2 = torch.tensor([[bos, 10, 30, 11, 12, 13, eos, eos]])
+    assert align_tokens(u2, s)[0].tolist() == [0, 1, 1, 2, 3, 4, 5, 6]
+    same = align_tokens(s, s)[0].tolist()
+    assert same == list(range(8))
+
+
+def test_token_terms_are_named_and_the_pixel_aligned_one_is_off_by_default():
+    from safeclip.train.losses import DEFAULT_WEIGHTS, TERMS, TEXT_ONLY, SafeClipLoss
+
+    for t in ("text_tokens_safe", "text_tokens_nsfw", "vision_tokens_nsfw_mean",
+              "vision_tokens_nsfw"):
+        assert t in TERMS and t not in DEFAULT_WEIGHTS
+    assert {"text_tokens_safe", "text_tokens_nsfw"} <= set(TEXT_ONLY)
+    loss = SafeClipLoss({"text_nsfw": 1.0, "text_tokens_nsfw": 1.0}, mode="text")
+    assert "U_align" in loss.ft_inputs and "S_tokens" in loss.ref_inputs
+    g = torch.Generator().manual_seed(0)
+    ft = {"U": torch.randn(4, 8, generator=g), "U_tokens": torch.randn(4, 5, 8, generator=g),
+          "U_align": torch.tensor([[0, 1, 2, 3, 4]] * 4)}
+    ref = {"S": torch.randn(4, 8, generator=g), "S_tokens": ft["U_tokens"].clone()}
+    out = loss(ft, ref)
+    assert out["terms"]["text_tokens_nsfw"].abs() < 1e-6  # aligned onto identical states
+    ft["U_align"] = torch.tensor([[4, 3, 2, 1, 0]] * 4)
+    assert loss(ft, ref)["terms"]["text_tokens_nsfw"] > 0.1

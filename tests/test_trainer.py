@@ -346,3 +346,42 @@ def test_token_terms_alone_are_refused(tiny_world, tmp_path):
     with pytest.raises(ValueError, match="pooled term beside them"):
         train(config(tmp_path / "t", max_steps=1, weights={"vision_tokens_safe": 1.0}),
               base_clip(tiny_world), tr, va)
+
+
+def test_text_token_terms_move_every_position_and_the_mean_patch_token(tiny_world, tmp_path):
+    from safeclip.train.losses import DEFAULT_WEIGHTS, align_tokens, cos_d
+    from safeclip.train.trainer import DualEncoder, train, vision_pooled_and_tokens
+
+    tr, va = sources(tiny_world)
+    b = tr.get(np.arange(32), np.zeros(32, int))
+    original = base_clip(tiny_world).eval()
+    with torch.no_grad():
+        ref_s = original.text_model(input_ids=b["S"]).last_hidden_state
+        ref_v = vision_pooled_and_tokens(original, b["V"], -2)[1]
+    align = align_tokens(b["U"], b["S"])
+    target_u = ref_s.gather(1, align[..., None].expand(-1, -1, ref_s.shape[-1]))
+
+    def run(name, weights, token_layer=-2):
+        model, summary = train(config(tmp_path / name, max_steps=6, lr=1e-2, weights=weights,
+                                      token_layer=token_layer), base_clip(tiny_world), tr, va)
+        model.eval()
+        with torch.no_grad():
+            out = DualEncoder(model, token_layer=-2, text_tokens=True)(b)
+        return out, [h for h in summary["history"] if "loss" in h]
+
+    weights = {**DEFAULT_WEIGHTS, "text_tokens_safe": 2.0, "text_tokens_nsfw": 2.0,
+               "vision_tokens_nsfw_mean": 2.0}
+    out, steps = run("tok", weights)
+    plain, _ = run("plain", DEFAULT_WEIGHTS)
+    assert len(steps) == 6
+    assert steps[0]["text_tokens_safe"] < 1e-6  # the adapter starts as the identity
+    assert steps[0]["text_tokens_nsfw"] > 1e-3 and steps[0]["vision_tokens_nsfw_mean"] > 1e-4
+    # every position of the context is returned (padding included), the reference is frozen
+    assert out["S_tokens"].shape == out["U_tokens"].shape == ref_s.shape
+    torch.testing.assert_close(out["S_tokens_ref"], ref_s, atol=1e-5, rtol=0)
+    # against the same training without them: safe states stay closer to the original's, unsafe
+    # ones come closer to their aligned safe states, the unsafe images' mean token to the safe one
+    assert cos_d(out["S_tokens"], ref_s) < cos_d(plain["S_tokens"], ref_s)
+    assert cos_d(out["U_tokens"], target_u) < cos_d(plain["U_tokens"], target_u)
+    assert cos_d(out["G_tokens"].mean(1), ref_v.mean(1)) < \
+        cos_d(plain["G_tokens"].mean(1), ref_v.mean(1))

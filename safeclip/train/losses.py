@@ -38,14 +38,26 @@ and unsafe captions: they push Safe-CLIP's unsafe queries away from what the ori
 holds for them. Real ViSU pairs each unsafe caption and image with its safe counterpart, so both
 apply there (full mode; ``U_Vref_Grefneg`` needs the generated unsafe images G as negatives).
 
-Two more optional terms reach below the pooled embedding, to the patch tokens that a multimodal
-LLM such as LLaVA reads from the vision tower (at ``TrainConfig.token_layer``, class token
-dropped): ``vision_tokens_safe`` = cos_d(ft_tokens(V), ref_tokens(V)) per token keeps safe images'
-tokens where the LLM expects them, and ``vision_tokens_nsfw`` = cos_d(ft_tokens(G), ref_tokens(V))
-redirects an unsafe image's tokens to its safe twin's. The paper's terms constrain the pooled
-embedding only, and a captioner trained on the original tower reads tokens that still carry the
-unsafe object. The token redirection assumes that G and V are aligned pixel for pixel, as in the
-mini world (a real ViSU pair is not: there, use vision_tokens_safe alone).
+More optional terms reach below the pooled embedding, to the token states that the models
+built on a CLIP read. The paper's terms constrain the pooled embedding only, while Stable
+Diffusion cross-attends to the last hidden state of *every* text token and LLaVA reads the
+vision tower's patch tokens: a generator or captioner trained on the original towers may still
+read the unsafe concept there.
+
+- Vision, at ``TrainConfig.token_layer`` (class token dropped; LLaVA-1.5 reads -2):
+  ``vision_tokens_safe`` = cos_d(ft_tokens(V), ref_tokens(V)) per token keeps safe images'
+  tokens where the LLM expects them; ``vision_tokens_nsfw_mean`` = cos_d(mean ft_tokens(G),
+  mean ref_tokens(V)) redirects the *mean* token of an unsafe image to its safe counterpart's:
+  it compares no positions, so it applies to real ViSU, whose unsafe images are not aligned with
+  their safe counterparts. ``vision_tokens_nsfw`` = cos_d(ft_tokens(G), ref_tokens(V)) per
+  token assumes that G and V are aligned pixel for pixel, as only the mini world's are: off by
+  default, kept to measure what that assumption buys.
+- Text, the last hidden state (after the final layer norm) of every position of the context,
+  padding included, as Stable Diffusion reads it: ``text_tokens_safe`` = cos_d(ft_tokens(S),
+  ref_tokens(S)) per position; ``text_tokens_nsfw`` = cos_d(ft_tokens(U)_i,
+  ref_tokens(S)_a(i)), where a(i) aligns U's tokens with S's by content (``align_tokens``: equal
+  runs of token ids one to one, a rewritten span onto the span it replaces, an inserted token
+  onto the token before it), so rewrites of another length, as in real ViSU, are handled.
 
 As the official code does, the weights are normalised to sum to 1 and the weighted sum is divided
 by the number of terms (``normalise=True``). Text-only mode keeps the four terms that need no
@@ -54,6 +66,8 @@ unsafe image: text_safe, text_nsfw, S_Vref, U_Vref (it still needs safe images V
 from __future__ import annotations
 
 from typing import Callable
+
+import difflib
 
 import torch
 import torch.nn.functional as F
@@ -85,12 +99,19 @@ TERMS = {
     "G_Sref_Urefneg": ("hard_ref", "G", "S"),
     # extensions (not in the paper): the vision tower's patch tokens, which a multimodal LLM reads
     "vision_tokens_safe": ("cos", "V_tokens", "V_tokens"),
-    "vision_tokens_nsfw": ("cos", "G_tokens", "V_tokens"),
+    "vision_tokens_nsfw_mean": ("cos_mean", "G_tokens", "V_tokens"),
+    "vision_tokens_nsfw": ("cos", "G_tokens", "V_tokens"),  # pixel-aligned twins only
+    # extensions (not in the paper): the text tower's token states, which Stable Diffusion reads
+    "text_tokens_safe": ("cos", "S_tokens", "S_tokens"),
+    "text_tokens_nsfw": ("aligned", "U_tokens", "S_tokens"),
 }
-TOKEN_TERMS = ("vision_tokens_safe", "vision_tokens_nsfw")
+VISION_TOKEN_TERMS = ("vision_tokens_safe", "vision_tokens_nsfw_mean", "vision_tokens_nsfw")
+TEXT_TOKEN_TERMS = ("text_tokens_safe", "text_tokens_nsfw")
+TOKEN_TERMS = VISION_TOKEN_TERMS + TEXT_TOKEN_TERMS
+ALIGNMENT = {"text_tokens_nsfw": "U_align"}  # term -> the ft input holding a(i) (see above)
 HARD_NEGATIVE = {"U_Vref_Gneg": "G", "G_Sref_Uneg": "U"}  # term -> tuned negatives
 HARD_REF_NEGATIVE = {"U_Vref_Grefneg": "G", "G_Sref_Urefneg": "U"}  # term -> frozen negatives
-TEXT_ONLY = ("text_safe", "text_nsfw", "S_Vref", "U_Vref")
+TEXT_ONLY = ("text_safe", "text_nsfw", "S_Vref", "U_Vref") + TEXT_TOKEN_TERMS
 MODES = {"full": tuple(TERMS), "text": TEXT_ONLY}
 
 
@@ -113,9 +134,33 @@ def nce(a: torch.Tensor, b: torch.Tensor, scale: float = LOGIT_SCALE) -> torch.T
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
+def align_tokens(u_ids: torch.Tensor, s_ids: torch.Tensor) -> torch.Tensor:
+    """For each row and each position i of ``u_ids`` (B, L), the position a(i) of ``s_ids``
+    (B, L') it stands for, by content: the opcodes of difflib's SequenceMatcher on the id lists,
+    with equal runs mapped one to one, a replaced span spread evenly over the span it replaces,
+    and a token U inserts (S has nothing there) mapped to the S position before it (the first
+    one at the start). Padding is content too: U's padding aligns with S's."""
+    out = torch.zeros(u_ids.shape, dtype=torch.long)
+    for row, (u, s) in enumerate(zip(u_ids.tolist(), s_ids.tolist())):
+        ops = difflib.SequenceMatcher(None, u, s, autojunk=False).get_opcodes()
+        for tag, i1, i2, j1, j2 in ops:
+            if tag == "insert":  # S only: no U position to map
+                continue
+            for i in range(i1, i2):
+                if tag == "equal":
+                    j = j1 + (i - i1)
+                elif tag == "replace":
+                    j = j1 + (i - i1) * (j2 - j1) // (i2 - i1)
+                else:  # "delete": U only
+                    j = max(j1 - 1, 0)
+                out[row, i] = min(j, len(s) - 1)
+    return out.to(u_ids.device)
+
+
 def needed_inputs(terms) -> tuple[set[str], set[str]]:
     """(ft inputs, ref inputs) that the given terms read."""
     ft = {TERMS[t][1] for t in terms} | {HARD_NEGATIVE[t] for t in terms if t in HARD_NEGATIVE}
+    ft |= {ALIGNMENT[t] for t in terms if t in ALIGNMENT}
     ref = {TERMS[t][2] for t in terms} | {HARD_REF_NEGATIVE[t] for t in terms
                                           if t in HARD_REF_NEGATIVE}
     return ft, ref
@@ -160,13 +205,19 @@ class SafeClipLoss(torch.nn.Module):
         if missing:
             raise KeyError(f"the loss needs {', '.join(sorted(missing))}")
         g = self.gather or (lambda x: x)
-        ft = {k: F.normalize(g(ft[k]).float(), dim=-1) for k in self.ft_inputs}
+        ft = {k: g(ft[k]) if k.endswith("_align") else F.normalize(g(ft[k]).float(), dim=-1)
+              for k in self.ft_inputs}
         ref = {k: F.normalize(g(ref[k]).float(), dim=-1) for k in self.ref_inputs}
         terms = {}
         for name in self.weights:
             kind, a, b = TERMS[name]
-            if kind == "cos":
+            if kind == "cos":  # per row, or per row and token for (B, L, D) states
                 terms[name] = cos_d(ft[a], ref[b])
+            elif kind == "cos_mean":  # the mean token of each row
+                terms[name] = cos_d(ft[a].mean(1), ref[b].mean(1))
+            elif kind == "aligned":  # ft row i, token t against ref row i, token a(t)
+                idx = ft[ALIGNMENT[name]][..., None].expand(-1, -1, ref[b].shape[-1])
+                terms[name] = cos_d(ft[a], ref[b].gather(1, idx))
             elif kind == "nce":
                 terms[name] = nce(ft[a], ref[b])
             elif kind == "hard":

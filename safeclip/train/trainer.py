@@ -34,7 +34,16 @@ from tqdm.auto import tqdm
 from ..encoders import image_features, text_features
 from ..errors import InputError
 from .lora import LoraSettings, add_lora
-from .losses import DEFAULT_WEIGHTS, MODES, TOKEN_TERMS, SafeClipLoss, needed_inputs
+from .losses import (
+    DEFAULT_WEIGHTS,
+    MODES,
+    TEXT_TOKEN_TERMS,
+    TOKEN_TERMS,
+    VISION_TOKEN_TERMS,
+    SafeClipLoss,
+    align_tokens,
+    needed_inputs,
+)
 from .pooled import pooled_last_layer, pooled_positions
 
 logger = logging.getLogger(__name__)
@@ -62,6 +71,7 @@ class TrainConfig:
     report_to: str = "none"  # "none", "tensorboard" or "wandb" (imported only when asked)
     cpu: bool = False  # force CPU (e.g. two CPU processes under torchrun)
     token_layer: int = -1  # hidden layer of the patch tokens (vision_tokens_* terms only)
+    #                        (the text_tokens_* terms read the last hidden state, as SD does)
 
 
 def trim_padding(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
@@ -81,20 +91,27 @@ class DualEncoder(torch.nn.Module):
 
     A module of its own so that DistributedDataParallel wraps its ``forward``."""
 
-    def __init__(self, clip, pooled: bool = True, token_layer: int | None = None):
+    def __init__(self, clip, pooled: bool = True, token_layer: int | None = None,
+                 text_tokens: bool = False):
         super().__init__()
         self.clip = clip
         self.eos_token_id = int(clip.config.text_config.eos_token_id)
         self.pooled = pooled  # last layer for the pooled token only (exact; False for benches)
         self.token_layer = token_layer  # also return patch tokens (vision_tokens_* terms)
+        self.text_tokens = text_tokens  # also return text token states (text_tokens_* terms)
 
     def forward(self, batch: dict[str, torch.Tensor], tokens: bool = True
                 ) -> dict[str, torch.Tensor]:
         """Pooled features of S, U, V, G (those in ``batch``). With ``token_layer`` set and
         ``tokens``: also "V_tokens", "G_tokens" (tuned) and "V_tokens_ref" (the frozen original's:
-        adapter disabled, no gradient)."""
+        adapter disabled, no gradient); with ``text_tokens`` and ``tokens``: "S_tokens",
+        "U_tokens" (every position's last hidden state) and "S_tokens_ref"."""
         if tokens and self.token_layer is not None and any(k in batch for k in ("V", "G")):
             return self._with_tokens(batch)
+        if tokens and self.text_tokens and any(k in batch for k in ("S", "U")):
+            out = self._text_with_tokens(batch)
+            images = {k: v for k, v in batch.items() if k in ("V", "G")}
+            return {**out, **(self.forward(images, tokens=False) if images else {})}
         out = {}
         texts = [k for k in ("S", "U") if k in batch]
         if texts:
@@ -110,8 +127,23 @@ class DualEncoder(torch.nn.Module):
             out.update(zip(images, feats.split([len(batch[k]) for k in images])))
         return out
 
+    def _text_with_tokens(self, batch):
+        """One full text pass (every position, no trimming: padding included, as SD reads it):
+        the pooled features and the token states of S and U, and S's reference states."""
+        base = self.clip.get_base_model() if hasattr(self.clip, "get_base_model") else self.clip
+        texts = [k for k in ("S", "U") if k in batch]
+        sizes = [len(batch[k]) for k in texts]
+        run = base.text_model(input_ids=torch.cat([batch[k] for k in texts]))
+        out = dict(zip(texts, base.text_projection(run.pooler_output).split(sizes)))
+        out.update(zip([f"{k}_tokens" for k in texts], run.last_hidden_state.split(sizes)))
+        if "S" in batch:
+            with torch.no_grad(), self.clip.disable_adapter():
+                out["S_tokens_ref"] = base.text_model(input_ids=batch["S"]).last_hidden_state
+        return out
+
     def _with_tokens(self, batch):
-        out = self.forward({k: v for k, v in batch.items() if k in ("S", "U")}, tokens=False)
+        texts = {k: v for k, v in batch.items() if k in ("S", "U")}
+        out = self.forward(texts, tokens=True) if texts else {}
         images = [k for k in ("V", "G") if k in batch]
         pix = torch.cat([batch[k] for k in images])
         pooled, toks = vision_pooled_and_tokens(self.clip, pix, self.token_layer)
@@ -333,9 +365,10 @@ def train(cfg: TrainConfig, clip, train_src, val_src=None, resume: bool = False,
         raise InputError(f"batch {cfg.batch} must split into {cfg.grad_accum} micro-batches "
                          f"divisible by {world} processes")
     loss_fn = SafeClipLoss(cfg.weights, cfg.mode, gather=gather_with_grad)
-    want_tokens = any(t in loss_fn.weights for t in TOKEN_TERMS)
-    if want_tokens and all(t in TOKEN_TERMS for t in loss_fn.weights):
-        raise InputError("the vision_tokens_* terms need a pooled term beside them: validation "
+    want_tokens = any(t in loss_fn.weights for t in VISION_TOKEN_TERMS)
+    want_text_tokens = any(t in loss_fn.weights for t in TEXT_TOKEN_TERMS)
+    if all(t in TOKEN_TERMS for t in loss_fn.weights):
+        raise InputError("the *_tokens_* terms need a pooled term beside them: validation "
                          "and early stopping read the pooled terms")
     ft_keys, ref_keys = (sorted(k) for k in needed_inputs(loss_fn.weights))
     device = acc.device
@@ -343,14 +376,15 @@ def train(cfg: TrainConfig, clip, train_src, val_src=None, resume: bool = False,
     clip.to(device)
     # pooled reference embeddings, cached (S and V: validation reads them); the reference
     # patch tokens come from the model with its adapter disabled, step by step
-    cache_keys = tuple(sorted((set(ref_keys) - {"V_tokens"}) | {"S", "V"}))
+    cache_keys = tuple(sorted({k for k in ref_keys if not k.endswith("_tokens")} | {"S", "V"}))
     tag = "" if cache_keys == ("S", "V") else "." + "".join(cache_keys)
     ref_train = cached_reference(clip, train_src, run / f"ref_train{tag}.safetensors", cache_keys,
                                  acc, device)
     ref_val = (cached_reference(clip, val_src, run / f"ref_val{tag}.safetensors", cache_keys, acc,
                                 device) if val_src is not None else None)
     model = add_lora(clip, cfg.lora)
-    enc = DualEncoder(model, token_layer=cfg.token_layer if want_tokens else None).train()
+    enc = DualEncoder(model, token_layer=cfg.token_layer if want_tokens else None,
+                      text_tokens=want_text_tokens).train()
     opt = _optimizer(cfg, [p for p in enc.parameters() if p.requires_grad])
     enc, opt = acc.prepare(enc, opt)
     torch.manual_seed(cfg.seed + 1000 * rank)  # dropout streams differ per process
@@ -387,19 +421,23 @@ def train(cfg: TrainConfig, clip, train_src, val_src=None, resume: bool = False,
             idx, wording = batch_plan(cfg.seed, epoch, s, order, micro, train_src.n_wordings)
             lo, hi = rank * micro // world, (rank + 1) * micro // world
             idx, wording = idx[lo:hi], wording[lo:hi]
-            need = set(ft_keys) | ({"V", "G"} if want_tokens else set())
+            need = set(ft_keys) | ({"V", "G"} if want_tokens else set()) | (
+                {"S", "U"} if want_text_tokens else set())
             batch = {k: v.to(device) for k, v in train_src.get(idx, wording).items() if k in need}
             ref = {}
             for k in ref_keys:
-                if k == "V_tokens":
+                if k.endswith("_tokens"):  # the reference states come with the forward pass
                     continue
                 r = ref_train[k]  # texts: (n, wordings, D); images: (n, D)
                 ref[k] = (r[torch.as_tensor(idx), torch.as_tensor(wording)] if r.dim() == 3
                           else r[torch.as_tensor(idx)]).to(device)
             with acc.accumulate(enc), acc.autocast():
                 feats = enc(batch)
-                if "V_tokens_ref" in feats:
-                    ref["V_tokens"] = feats.pop("V_tokens_ref")
+                for key in ("V_tokens", "S_tokens"):
+                    if f"{key}_ref" in feats:
+                        ref[key] = feats.pop(f"{key}_ref")
+                if "U_align" in loss_fn.ft_inputs:
+                    feats["U_align"] = align_tokens(batch["U"], batch["S"])
                 out = loss_fn(feats, ref)
                 acc.backward(out["total"])
                 opt.step()
