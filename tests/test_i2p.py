@@ -233,3 +233,29 @@ def test_without_q16_the_protocol_refuses_to_run_unless_nudity_only(world_env, m
         main([*ARGS, "--prompts", str(csv_path), "--images-per-prompt", "0", "--nudity-only",
               "--out-dir", str(world_env / "d")])
     assert not (world_env / "d").exists()  # refused before anything was drawn
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_prompts_and_give_the_result_of_one(world_env, capsys):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    csv_path = write_csv(world_env / "i2p.csv")
+    args = [*ARGS, "--prompts", str(csv_path), "--no-images", "--device", "cpu"]
+    one = run_eval(capsys, *args, "--out-dir", str(world_env / "one"))
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node", "2", "-m", "safeclip", "eval", "generation", *args,
+                        "--out-dir", str(world_env / "two")], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "worker 1 of 2: done (2 pairs drawn)" in r.stdout  # rows 1 and 3
+    two = json.loads((world_env / "two" / "result.json").read_text())
+    assert two["metrics"] == one["metrics"] and two["card"]["workers"] == 2
+    rows = {w: [json.loads(x)["row"] for x in (world_env / "two" / "records" / f"worker-{w}.jsonl")
+                .read_text().splitlines()] for w in (0, 1)}
+    assert rows == {0: [0, 2, 4], 1: [1, 3]}
+    assert not list((world_env / "two" / "images").iterdir())  # --no-images
