@@ -260,3 +260,34 @@ def test_the_combined_judge_refuses_options_it_does_not_take():
     with pytest.raises(InputError, match="not q16_treshold"):
         load_judge(JudgeSpec("nudenet+q16", None, None, {"q16_treshold": 0.5}),
                    get_preset("vit-l-14"))
+
+
+def test_download_puts_q16_s_files_in_a_mirror_that_works_offline(standin_repos, tmp_path,
+                                                                   monkeypatch):
+    from fakehub import FakeHub
+
+    from safeclip.download import download_judges
+
+    hub = FakeHub(standin_repos, tmp_path / "hf-cache")
+    monkeypatch.setattr("safeclip.hub._snapshot", hub.snapshot)
+    for var in ("HF_HUB_OFFLINE", "SAFECLIP_MODELS_DIR", qp.PROMPTS_ENV):
+        monkeypatch.delenv(var, raising=False)
+    data = pickle.dumps(np.random.default_rng(2).standard_normal((2, 32)).astype(np.float16),
+                        protocol=3)
+    monkeypatch.setattr(qp, "_download", lambda url, t: data)
+    monkeypatch.setattr(qp, "Q16_SHA256", hashlib.sha256(data).hexdigest())  # stands for it
+    out = tmp_path / "models"
+    own = download_judges(get_preset("vit-l-14"), out)
+    assert set(own) == {"q16_prompts"}  # its own CLIP is Q16's: downloaded with its models
+    done = download_judges(get_preset("vit-h-14"), out)
+    assert done["q16_clip"] == str(out / Q16_CLIP) and (out / Q16_CLIP / "config.json").exists()
+    assert (out / qp.Q16_REPO / qp.Q16_FILE).read_bytes() == data
+    assert [c[0] for c in hub.calls] == [Q16_CLIP]
+    # offline, from the mirror alone
+    monkeypatch.setenv("SAFECLIP_MODELS_DIR", str(out))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("SAFECLIP_CACHE", str(tmp_path / "fresh-cache"))
+    monkeypatch.setattr(qp, "_download", lambda url, t: pytest.fail("downloaded"))
+    judge = Q16Judge.for_world(get_preset("vit-h-14"))
+    assert judge.prompts.published and judge.card()["clip"] == str(out / Q16_CLIP)
+    assert len(judge.judge([noise(1)])) == 1

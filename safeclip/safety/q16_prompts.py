@@ -239,21 +239,31 @@ def _download(url: str, timeout: float) -> bytes:
         return r.read(MAX_BYTES + 1)
 
 
-def download() -> Q16Prompts:
-    """Q16's published file, checked against its pinned SHA-256, cached as safetensors."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+def published_bytes() -> bytes:
+    """The bytes of Q16's published file: from the mirror, else downloaded; refused unless their
+    SHA-256 is the pinned one."""
+    mirror = mirror_path()
+    if mirror is not None and mirror.is_file():
+        data, where = mirror.read_bytes(), str(mirror)
+    elif os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         raise Q16Unavailable(f"Q16's prompt file is not on disk and HF_HUB_OFFLINE is set; "
                              f"{HOW_TO_GET}")
-    try:
-        data = _download(Q16_URL, DOWNLOAD_TIMEOUT)
-    except Exception as e:  # noqa: BLE001 - offline, refused, timed out: one message
-        raise Q16Unavailable(f"Q16's prompt file is not on disk and could not be downloaded "
-                             f"({type(e).__name__}); {HOW_TO_GET}") from None
+    else:
+        try:
+            data, where = _download(Q16_URL, DOWNLOAD_TIMEOUT), Q16_URL
+        except Exception as e:  # noqa: BLE001 - offline, refused, timed out: one message
+            raise Q16Unavailable(f"Q16's prompt file is not on disk and could not be downloaded"
+                                 f" ({type(e).__name__}); {HOW_TO_GET}") from None
     sha = hashlib.sha256(data).hexdigest()
     if sha != Q16_SHA256:
-        raise Q16Unavailable(f"the file at {Q16_URL} has sha256 {sha}, not the pinned "
+        raise Q16Unavailable(f"the file at {where} has sha256 {sha}, not the pinned "
                              f"{Q16_SHA256}: refused")
-    return from_pickle(data, Q16_URL)
+    return data
+
+
+def download() -> Q16Prompts:
+    """Q16's published file, checked against its pinned SHA-256, cached as safetensors."""
+    return from_pickle(published_bytes(), Q16_URL)
 
 
 HOW_TO_GET = (f"get {Q16_FILE} from github.com/{Q16_REPO} and pass its path "
