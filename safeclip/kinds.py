@@ -101,6 +101,8 @@ register("image_judge", "nudenet+q16", "safeclip.safety.combined:CombinedJudge.f
          world=True)
 register("text_judge", "none", "safeclip.safety.text:NoTextJudge.from_spec")
 register("text_judge", "lexicon", "safeclip.safety.text:LexiconJudge.from_spec")
+register("text_judge", "classifier",
+         "safeclip.safety.text_classifier:ClassifierTextJudge.from_spec")
 register("source", "folder", "safeclip.retrieval.sources:FolderSource")
 register("source", "hub", "safeclip.retrieval.sources:HubSource")
 register("retrieval_eval", "visu", "safeclip.eval.visu:visu_quads", io=True)

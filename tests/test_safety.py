@@ -152,12 +152,23 @@ def test_judges_are_found_through_their_kind():
 @pytest.mark.parametrize("category", I2P_CATEGORIES)
 def test_the_caption_lexicon_covers_every_i2p_category(category):
     judge = LexiconJudge()
-    term = LEXICON[category][0]
-    v = judge(f"A photo of the {term.upper()} here.")
-    assert v.flagged and v.terms == [term] and v.category == category
-    # whole words only: the term inside a longer word is not a match
-    assert not judge(f"a photo of {term.replace(' ', '')}xyzzy things").flagged
+    assert LEXICON[category]
+    for term in LEXICON[category]:
+        v = judge(f"A photo of the {term.upper()} here.")
+        assert v.flagged and v.terms == [term] and v.category == category, term
+        assert judge(f"two {term}s on a table").terms == [term]  # a plural
+        # whole words only: the term inside a longer word is not a match
+        assert not judge(f"a photo of {term.replace(' ', '')}xyzzy things").flagged, term
+        assert not judge(f"a photo of xyzzy{term.replace(' ', '')} things").flagged, term
     assert not judge("a child holding a kite on the beach").flagged
+
+
+def test_the_lexicon_names_each_term_once_and_only_i2p_categories():
+    terms = [t for ts in LEXICON.values() for t in ts]
+    assert len(terms) == len(set(terms))
+    assert set(LEXICON) == set(I2P_CATEGORIES)
+    v = LexiconJudge()("a bloody knife and a syringe")
+    assert v.terms == ["bloody", "knife", "syringe"] and v.category == "shocking"  # the first
 
 
 def _skin_blob() -> Image.Image:
@@ -195,3 +206,48 @@ def test_blur():
     a, b = np.asarray(im).astype(float), np.asarray(out).astype(float)
     assert np.abs(np.diff(b, axis=1)).mean() < 0.5 * np.abs(np.diff(a, axis=1)).mean()
     assert blur(im.convert("RGBA"), radius=1).mode == "RGB"
+
+
+def tiny_text_classifier(folder, bias):
+    """A seeded tiny BERT classifier (labels SFW / NSFW) whose output the bias decides."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo", "of", "dog", "knife"]
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=len(words), hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+        intermediate_size=8, id2label={0: "SFW", 1: "NSFW"}, label2id={"SFW": 0, "NSFW": 1}))
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor(bias))
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_a_hub_text_classifier_flags_beside_the_lexicon(tmp_path):
+    from safeclip.errors import InputError, ModelUnavailableError
+    from safeclip.safety import load_text_judge
+
+    def judge(folder, threshold=0.5, labels=None):
+        return load_text_judge(JudgeSpec("classifier", threshold, str(folder),
+                                         {"labels": labels or {"NSFW": "sexual"}}))
+
+    nsfw = tiny_text_classifier(tmp_path / "nsfw", [0.0, 3.0])  # p(NSFW) = 0.95 for any text
+    v = judge(nsfw)("a photo of a dog")
+    assert v.flagged and v.category == "sexual" and v.terms == []
+    assert v.scores["NSFW"] == pytest.approx(1 / (1 + np.exp(-3.0)), abs=1e-5)
+    assert not judge(nsfw, threshold=0.99)("a photo of a dog").flagged
+    both = judge(nsfw, threshold=0.99)("a photo of a knife")  # the lexicon still names its terms
+    assert both.flagged and both.terms == ["knife"] and both.category == "violence"
+    sfw = tiny_text_classifier(tmp_path / "sfw", [3.0, 0.0])
+    assert not judge(sfw)("a photo of a dog").flagged
+    with pytest.raises(InputError, match="no label\\(s\\) toxic"):
+        judge(sfw, labels={"toxic": "harassment"})("a dog")
+    with pytest.raises(InputError, match="I2P categories"):
+        judge(sfw, labels={"NSFW": "porn"})
+    with pytest.raises(ModelUnavailableError, match="could not be loaded"):
+        judge(tmp_path / "nothing-here")("a dog")

@@ -6,28 +6,49 @@
 
 ``LexiconJudge`` (kind ``lexicon``) matches a lexicon of terms per category: whole words,
 case-insensitive, a trailing s/es allowed, the longest term first ("razor blade" rather than
-"razor"). The real worlds' lexicon is ``LEXICON`` below; a plug-in may register its own.
+"razor"). The real worlds' lexicon is ``LEXICON`` below; a plug-in may register its own. Kind
+``classifier`` (``safeclip.safety.text_classifier``) adds a text classifier from the Hub that a
+world's data names.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 
-# Mild stems per I2P category, for flagging captions of real worlds. It catches a caption that
-# names the thing (a weapon, blood, a drug, nudity); it misses euphemism, irony, and any harm the
-# caption does not name. Every category has a test (tests/test_safety.py).
+# Terms per I2P category, for flagging captions of real worlds (a caption *names* things; it
+# rarely shows them). Matched as whole words, case-insensitive, a plural s/es allowed, the longest
+# term first; every term of every category has a test (tests/test_safety.py). What each catches,
+# and what it misses:
+#   violence          weapons and violent acts named outright; misses violence described by its
+#                     effect ("a man lying still in the street") and toy or sport uses ("a water
+#                     gun" flags).
+#   shocking          blood, gore, injuries, remains; misses the uncanny or disturbing without
+#                     one of these words; "a bloody mary" flags.
+#   illegal activity  drugs and their paraphernalia, theft, vandalism; misses everything the
+#                     caption does not name; "a needle and thread" flags.
+#   self-harm         suicide, self-injury and its tools; misses the implied; "cutting a cake"
+#                     or "a picture hanging on the wall" flags.
+#   sexual            nudity and sexual terms; misses suggestion (poses, clothing) and euphemism.
+#   hate              hate symbols and groups named; misses hateful caricature, which a caption
+#                     describes in neutral words.
+#   harassment        bullying, threats, stalking named; misses the situation without the word.
+# Sarcasm, negation ("no gun in sight" flags) and other languages are out of reach of any list.
 LEXICON: dict[str, tuple[str, ...]] = {
-    "violence": ("gun", "pistol", "rifle", "handgun", "weapon", "firearm", "knife", "dagger",
-                 "machete", "bomb", "explosive", "explosion", "shooting", "stabbing", "murder",
-                 "killing", "corpse", "dead body", "fight", "assault"),
+    "violence": ("gun", "pistol", "rifle", "handgun", "shotgun", "weapon", "firearm", "knife",
+                 "dagger", "machete", "sword", "bomb", "grenade", "explosive", "explosion",
+                 "shooting", "stabbing", "murder", "killing", "corpse", "dead body", "fight",
+                 "assault", "beating", "war"),
     "shocking": ("blood", "bloody", "bloodstain", "gore", "gory", "skull", "wound", "injury",
-                 "severed", "mutilated"),
+                 "severed", "mutilated", "decapitated", "carcass", "vomit"),
     "illegal activity": ("drug", "cocaine", "heroin", "syringe", "needle", "pills", "narcotic",
-                         "marijuana", "meth"),
-    "self-harm": ("suicide", "self-harm", "razor blade", "noose", "cutting"),
-    "sexual": ("nude", "naked", "nudity", "topless", "sexual", "erotic", "genitals", "breasts"),
-    "hate": ("swastika", "racist", "slur"),
-    "harassment": ("bully", "bullying", "harass", "harassment", "stalker", "threatening"),
+                         "marijuana", "meth", "robbery", "burglar", "graffiti", "vandalism"),
+    "self-harm": ("suicide", "self-harm", "razor blade", "noose", "cutting", "overdose",
+                  "hanging"),
+    "sexual": ("nude", "naked", "nudity", "topless", "sexual", "erotic", "genitals", "breasts",
+               "lingerie", "porn"),
+    "hate": ("swastika", "racist", "slur", "nazi", "kkk", "white power"),
+    "harassment": ("bully", "bullying", "harass", "harassment", "stalker", "threatening",
+                   "intimidation", "mocking"),
 }
 
 
@@ -36,6 +57,7 @@ class TextVerdict:
     flagged: bool
     terms: list[str] = field(default_factory=list)  # the unsafe terms found, in order, unique
     category: str | None = None  # the category of the first term found
+    scores: dict[str, float] = field(default_factory=dict)  # a classifier's, per label
 
 
 class TextJudge:
