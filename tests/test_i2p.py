@@ -259,3 +259,26 @@ def test_two_processes_share_the_prompts_and_give_the_result_of_one(world_env, c
                 .read_text().splitlines()] for w in (0, 1)}
     assert rows == {0: [0, 2, 4], 1: [1, 3]}
     assert not list((world_env / "two" / "images").iterdir())  # --no-images
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_i2p_timing_bench_runs_and_extrapolates_what_it_measured(world_env, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "i2p_timing.py"
+    spec = importlib.util.spec_from_file_location("i2p_timing", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--size", "256", "--steps", "2", "--pairs", "2", "--warmup", "0",
+                       "--device", "cpu", "--gpus", "1", "4", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    g, j = r["generation"]["seconds_per_pair"], r["judging"]["seconds_per_pair"]
+    assert r["device"] == "cpu" and r["gpu"] is None and r["size"] == 256
+    assert len(r["generation"]["all_pairs"]) == 2 and g > 0 and j > 0
+    assert r["generation"]["seconds_per_image"] == pytest.approx(g / 2, abs=1e-4)
+    assert r["judging"]["judge"] == "nudenet+q16" and not r["judging"]["nudity_only"]
+    one = r["i2p"]["hours"]["1"]
+    assert r["i2p"]["pairs"] == 4703
+    assert one == pytest.approx(4703 * (g + j) / 3600, abs=0.01)
+    assert r["i2p"]["hours"]["4"] == pytest.approx(one / 4, abs=0.01)
