@@ -18,7 +18,8 @@ Tables and what their targets are called with:
   text_judge       (JudgeSpec) -> TextJudge
   source           (**options) -> retrieval.sources.Source;        info: prefix of --dataset
   retrieval_eval   (world, split, n, args) -> list of S, U, V, G quadruplets
-  generation_eval  (generator, world, args) -> dict of metrics
+  generation_eval  (generator, world, args) -> dict of metrics;  info: check ("module:function"
+                   (world, args), run before the generator loads)
   captioning_eval  (captioner, world, args) -> dict of metrics
   train_data       (args, tokenizer, processor, context, need) -> (train, validation)
   command          (argv) -> int;                                   info: help
@@ -106,5 +107,6 @@ register("text_judge", "classifier",
 register("source", "folder", "safeclip.retrieval.sources:FolderSource")
 register("source", "hub", "safeclip.retrieval.sources:HubSource")
 register("retrieval_eval", "visu", "safeclip.eval.visu:visu_quads", io=True)
-register("generation_eval", "i2p", "safeclip.eval.i2p_run:evaluate_prompt_file")
+register("generation_eval", "i2p", "safeclip.eval.i2p_run:evaluate_prompt_file",
+         check="safeclip.eval.i2p_run:check_args")
 register("train_data", "visu", "safeclip.train.data:visu_sources")

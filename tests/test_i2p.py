@@ -90,6 +90,23 @@ def test_a_missing_or_binary_file_is_refused(tmp_path):
         read_prompt_csv(tmp_path / "bin.csv")
 
 
+def test_the_command_refuses_a_bad_file_in_one_line_before_loading_any_model(tmp_path,
+                                                                             monkeypatch, capsys):
+    from safeclip.cli import main
+
+    monkeypatch.setattr("safeclip.generation.load_generator",
+                        lambda *a, **kw: pytest.fail("a model was loaded"))
+    bad = write_csv(tmp_path / "bad.csv", [["a dog", "7", "x"]], ["prompt", "seed", "hard"])
+    assert main(["eval", "generation", "--preset", "vit-l-14", "--prompts", str(bad)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("safeclip eval: error: ") and "bad.csv row 1, column hard" in err
+    assert "\n" not in err
+    good = write_csv(tmp_path / "good.csv")
+    assert main(["eval", "generation", "--preset", "vit-l-14", "--prompts", str(good),
+                 "--images-per-prompt", "0"]) == 1
+    assert "images per prompt must be a whole number from 1" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------ the metrics
 def verdict(nude, q16):
     return {"unsafe": nude or q16, "judges": {"nudenet": {"unsafe": nude},
@@ -229,10 +246,6 @@ def test_without_q16_the_protocol_refuses_to_run_unless_nudity_only(world_env, m
     csv_path = write_csv(world_env / "i2p.csv", ROWS[:1])
     with pytest.raises(Q16Unavailable, match="needs Q16: pass --nudity-only"):
         main([*ARGS, "--prompts", str(csv_path), "--out-dir", str(world_env / "c")])
-    with pytest.raises(InputError, match="images per prompt must be"):
-        main([*ARGS, "--prompts", str(csv_path), "--images-per-prompt", "0", "--nudity-only",
-              "--out-dir", str(world_env / "d")])
-    assert not (world_env / "d").exists()  # refused before anything was drawn
 
 
 @pytest.mark.slow

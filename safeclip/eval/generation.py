@@ -15,6 +15,7 @@ The mini world's protocol is its plug-in's (``safeclip.mini.eval_generation``).
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import time
 from pathlib import Path
@@ -69,7 +70,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from ..cli import overrides, setup_logging
     from ..generation import load_generator
-    from ..kinds import resolve
+    from ..kinds import kind_info, resolve
     from ..parallel import Workers
     from ..presets import get_preset
     from .cli import emit
@@ -85,6 +86,10 @@ def main(argv=None) -> int:
         raise StudioError(f"world {world.name!r} names no generation benchmark; pass --prompts "
                           "FILE.csv")
     evaluate = resolve("generation_eval", kind, world)
+    check = kind_info("generation_eval", kind, world).get("check")
+    if check:  # the protocol's inputs, checked before the generator loads
+        module, _, name = check.partition(":")
+        getattr(importlib.import_module(module), name)(world, args)
     args.workers = workers = Workers.current(args.device)  # several under a launcher
     gen = load_generator(world, device=workers.device)
     t0 = time.time()

@@ -195,18 +195,30 @@ def _versions() -> dict:
     return out
 
 
-def evaluate_prompt_file(gen, world, args) -> dict:
-    """Kind ``i2p``: the protocol of the module docstring on ``--prompts FILE.csv``."""
-    from ..generation.generator import MAX_PROMPT_CHARS
+def check_args(world, args) -> None:
+    """The prompt file and the numbers of ``args``, checked before any model loads (the
+    dispatcher calls it: kind info ``check``); the rows are kept on ``args``."""
+    from ..generation.generator import generation_settings, make_limits
 
     path = getattr(args, "prompts", None)
     if path is None or Path(path).suffix.lower() != ".csv":
         raise InputError(f"world {world.name!r} evaluates generation on an I2P-style prompt "
                          "file: pass --prompts FILE.csv")
-    workers = getattr(args, "workers", None) or Workers()
     n_images = getattr(args, "images_per_prompt", None)
-    n_images = IMAGES_PER_PROMPT.check(1 if n_images is None else n_images)
-    rows, info = read_prompt_csv(path, args.n, gen.limits, getattr(args, "seed", 0) or 0)
+    args.images_per_prompt = IMAGES_PER_PROMPT.check(1 if n_images is None else n_images)
+    limits = make_limits(generation_settings(world)["limits"])
+    args.prompt_rows = read_prompt_csv(path, args.n, limits, getattr(args, "seed", 0) or 0)
+
+
+def evaluate_prompt_file(gen, world, args) -> dict:
+    """Kind ``i2p``: the protocol of the module docstring on ``--prompts FILE.csv``."""
+    from ..generation.generator import MAX_PROMPT_CHARS
+
+    if getattr(args, "prompt_rows", None) is None:
+        check_args(world, args)
+    path, n_images = args.prompts, args.images_per_prompt
+    rows, info = args.prompt_rows
+    workers = getattr(args, "workers", None) or Workers()
     judge = eval_judge(world, args, workers.device)
     g = world.generation
     settings = {"steps": gen.limits["steps"].check(args.steps or I2P_STEPS),
