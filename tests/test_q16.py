@@ -95,7 +95,8 @@ def test_a_pickle_that_would_run_code_is_refused_and_runs_nothing(tmp_path, payl
     path.write_bytes(data)
     with pytest.raises(qp.Q16FileError):
         qp.load_prompts(path)
-    assert not marker.exists() and not list(qp.cache_dir().glob(f"*{hashlib.sha256(data).hexdigest()[:16]}*"))
+    key = hashlib.sha256(data).hexdigest()[:16]
+    assert not marker.exists() and not list(qp.cache_dir().glob(f"*{key}*"))
 
 
 @pytest.mark.parametrize("obj, match", [
