@@ -5,8 +5,8 @@
 What is measured (and printed as one JSON object with ratios):
 
 - model memory: bytes of the distinct tensor storages (parameters and buffers) of (a) one stock
-  pipeline (UNet + VAE + original text encoder; for the mini embedding decoder: decoder + VAE +
-  original text tower), (b) the paired pipeline (the same + Safe-CLIP's text encoder, whose
+  pipeline (UNet + VAE + original text encoder; the mini world's generator is one too), (b) the
+  paired pipeline (the same + Safe-CLIP's text encoder, whose
   tensors equal to the original's are shared), (c) two stock pipelines;
 - peak RSS increase: each configuration loads and generates once in its own fresh subprocess;
   the figure is ru_maxrss minus the RSS after imports (so the Python / torch runtime, which
@@ -39,29 +39,10 @@ def rss_bytes() -> int:
 def parts(gen) -> tuple[list, torch.nn.Module, torch.nn.Module]:
     """(the image model's modules, the original text encoder, the safe one)."""
     pp = gen.paired
-    if pp.uses_steps:  # Stable Diffusion
-        return [pp.pipe.unet, pp.pipe.vae], pp.pipe.text_encoder, pp.safe_text_encoder
-    return [pp.decoder, pp.vae], pp.text_encoder, pp.safe_text_encoder
-
-
-class StockDecoder:
-    """The embedding decoder run alone with one text encoder (the paired class's reference)."""
-
-    def __init__(self, paired, text_encoder, decoder=None, vae=None):
-        import copy
-
-        self.p, self.te = copy.copy(paired), text_encoder
-        if decoder is not None:
-            self.p.decoder, self.p.vae = decoder, vae
-
-    def __call__(self, prompt, guidance_scale=1.0, generator=None, **_):
-        seed = generator.initial_seed() if generator is not None else 0
-        return self.p.single(self.te, prompt, None, seed, guidance_scale)
+    return [pp.pipe.unet, pp.pipe.vae], pp.pipe.text_encoder, pp.safe_text_encoder
 
 
 def stock_pipe(gen, text_encoder):
-    if not gen.paired.uses_steps:
-        return StockDecoder(gen.paired, text_encoder)
     from diffusers import StableDiffusionPipeline
 
     p = gen.paired.pipe
@@ -92,11 +73,7 @@ def child(config: str, preset: str, steps: int) -> dict:
         pipes = [stock_pipe(gen, te_o)]
         if config == "two":  # a second, independent copy of everything
             pipes.append(stock_pipe(gen, copy.deepcopy(te_s)))
-            if gen.paired.uses_steps:
-                pipes[1].unet, pipes[1].vae = copy.deepcopy(model), copy.deepcopy(vae)
-            else:
-                pipes[1] = StockDecoder(gen.paired, pipes[1].te, copy.deepcopy(model),
-                                        copy.deepcopy(vae))
+            pipes[1].unet, pipes[1].vae = copy.deepcopy(model), copy.deepcopy(vae)
         del gen, model, vae, te_o, te_s
         for pipe in pipes:
             pipe(PROMPT, num_inference_steps=steps, height=size, width=size,
@@ -127,6 +104,8 @@ def main(argv=None) -> int:
     from safeclip.sharing import unique_bytes as unique_storage_bytes
 
     gen = load_generator(args.preset, cache=False)
+    if not gen.uses_steps:  # a one-step generator (the mini SD): its own step count
+        args.steps = gen.defaults["steps"]
     image_parts, te_o, te_s = parts(gen)
     single_b = unique_storage_bytes(*image_parts, te_o)
     paired_b = unique_storage_bytes(*image_parts, te_o, te_s)
@@ -135,7 +114,7 @@ def main(argv=None) -> int:
     device = gen.paired.device
     report = {"preset": args.preset, "generator": gen.paired.sampler, "device": str(device),
               "threads": torch.get_num_threads(),
-              "steps": args.steps if gen.paired.uses_steps else None, "size": gen.defaults["size"], "guidance": gen.defaults["guidance"],
+              "steps": args.steps, "size": gen.defaults["size"], "guidance": gen.defaults["guidance"],
               "model_bytes": {"single": single_b, "paired": paired_b, "two_stock": two_b,
                               "paired_over_single": round(paired_b / single_b, 3),
                               "two_stock_over_single": round(two_b / single_b, 3)}}

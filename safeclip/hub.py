@@ -88,6 +88,16 @@ SD_FILES = Layout("a diffusers Stable Diffusion pipeline", _alternatives(
                      "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"),
      "bin": ("unet/diffusion_pytorch_model.bin", "vae/diffusion_pytorch_model.bin",
              "text_encoder/pytorch_model.bin")}))
+# Stable Diffusion whose world names the text encoder itself (``generation.text``): the
+# pipeline's own text encoder and tokenizer are neither required nor fetched (the mini world's
+# generator ships none: it reads the mini CLIPs' text towers)
+SD_UNET_FILES = Layout("a diffusers Stable Diffusion pipeline (its text encoder named apart)",
+                       _alternatives(
+    tuple(p for p in SD_COMMON if not p.startswith(("tokenizer/", "text_encoder/"))),
+    tuple(g for g in SD_REQUIRED if not g[0].startswith("tokenizer/")),
+    {"safetensors": ("unet/diffusion_pytorch_model.safetensors",
+                     "vae/diffusion_pytorch_model.safetensors"),
+     "bin": ("unet/diffusion_pytorch_model.bin", "vae/diffusion_pytorch_model.bin")}))
 LLAVA_FILES = Layout("a transformers LLaVA (config, weights and tokenizer)", _alternatives(
     ("config.json", "generation_config.json", "preprocessor_config.json", "processor_config.json",
      "chat_template.json", "chat_template.jinja", "added_tokens.json", "tokenizer.model",

@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 
 from ..encoders import default_device_dtype
-from ..hub import SD_FILES, TEXT_ENCODER_FILES, fetch
+from ..hub import SD_FILES, SD_UNET_FILES, TEXT_ENCODER_FILES, fetch
 from ..safety.base import load_judge
-from .generator import PairedGenerator, settings_of
+from .generator import PairedGenerator, generation_settings
 from .paired import PairedStableDiffusion
 from .text import load_text_encoder
 
@@ -29,15 +29,31 @@ def text_encoder(spec, world, dtype):
     return load_text_encoder(path, dtype)
 
 
+def _tokenizer(spec, world, text_config):
+    """The tokenizer of a text encoder's folder (a pipeline whose world names its text encoder
+    may have none of its own), at the encoder's context length."""
+    from transformers import AutoTokenizer
+
+    from .text import text_folder
+
+    path = fetch(spec.ref, TEXT_ENCODER_FILES, role=spec.role, world=world.name, hint=spec.hint)
+    folder = path if (path / "tokenizer_config.json").exists() else text_folder(path)
+    return AutoTokenizer.from_pretrained(folder,
+                                         model_max_length=text_config.max_position_embeddings)
+
+
 def load_sd_generator(world, device=None, offload: bool = False) -> PairedGenerator:
     from diffusers import StableDiffusionPipeline
 
     g = world.generation
     device, dtype = default_device_dtype(device)
-    path = fetch(g.sd.ref, SD_FILES, role="sd", world=world.name, hint=g.sd.hint)
+    layout = SD_FILES if g.text is None else SD_UNET_FILES
+    path = fetch(g.sd.ref, layout, role="sd", world=world.name, hint=g.sd.hint)
     extra = {}
     if g.text is not None:  # the world names the original text encoder itself
         extra["text_encoder"] = text_encoder(g.text, world, dtype)
+        if not any((path / "tokenizer").glob("*")):
+            extra["tokenizer"] = _tokenizer(g.text, world, extra["text_encoder"].config)
     pipe = StableDiffusionPipeline.from_pretrained(
         path, dtype=dtype, safety_checker=None, feature_extractor=None,
         requires_safety_checker=False, **extra)
@@ -54,7 +70,9 @@ def load_sd_generator(world, device=None, offload: bool = False) -> PairedGenera
     else:
         pipe.to(device)
         paired = PairedStableDiffusion(pipe, safe.to(device))
-    defaults, limits = settings_of(world)
+    settings = generation_settings(world)
+    defaults, limits = settings["defaults"], settings["limits"]
+    paired.uses_steps = settings["uses_steps"]
     native = int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
     defaults.setdefault("size", native)
     return PairedGenerator(paired, load_judge(g.judge, world), world, defaults, limits)
