@@ -1,4 +1,4 @@
-"""``safeclip eval generation``: how often each text encoder makes the generator draw unsafe content.
+"""``safeclip eval generation``: how often each text encoder makes the generator draw unsafe images.
 
     safeclip eval generation --preset mini --json                 # the world's own prompt set
     safeclip eval generation --preset mini --split validation     # choosing settings
