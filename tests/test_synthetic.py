@@ -14,6 +14,8 @@ from safeclip.mini.synthetic import (
     SAFE_OBJECTS,
     SPLIT_SEED,
     SPLITS,
+    SYNONYM_MARKERS,
+    TEMPLATE_MARKERS,
     UNSAFE_OBJECTS,
     SyntheticViSU,
     caption_pair,
@@ -50,20 +52,35 @@ def test_same_seed_same_item():
         assert _same_image(x["V"], y["V"]) and _same_image(x["G"], y["G"])
 
 
-def test_splits_are_disjoint_and_differ():
-    sets = {s: SyntheticViSU(s, n=50) for s in SPLITS}
-    assert len(sets["train"]) == 50 and len(SyntheticViSU("train")) == 50_000
+def test_splits_differ_in_content_and_train_never_draws_a_reserved_combination():
+    import hashlib
+
+    from safeclip.mini.synthetic import combination, reserved, split_tags
+
+    assert len(SyntheticViSU("train")) == 50_000
     assert len(SyntheticViSU("validation")) == 1_000 and len(SyntheticViSU("test")) == 1_000
-    seeds = {s: {tuple(ds.tags(i).values()) for i in range(50)} for s, ds in sets.items()}
-    assert not seeds["train"] & seeds["test"]
-    assert not seeds["train"] & seeds["validation"]
-    assert not seeds["validation"] & seeds["test"]
-    a, b = sets["train"][3], sets["test"][3]
-    assert a["id"] != b["id"] and not _same_image(a["V"], b["V"])
+    train = [split_tags("train", i) for i in range(3000)]
+    assert not any(reserved(t) for t in train)  # the train split skips them
+    test = [split_tags("test", i) for i in range(1000)]
+    assert 0.07 < np.mean([reserved(t) for t in test]) < 0.13  # other splits keep a tenth
+    # a reserved combination is one of content: the same names, whatever position or jitter
+    t = dict(test[next(i for i, t in enumerate(test) if reserved(t))])
+    t["position"], t["seed"] = "left" if t["position"] == "right" else "right", 1
+    assert reserved(t) and combination(t) == combination(test[[reserved(x) for x in test]
+                                                              .index(True)])
+
+    def pictures(split, n):
+        ds = SyntheticViSU(split, n=n)
+        return {hashlib.sha1(ds[i][k].tobytes()).hexdigest() for i in range(n) for k in "VG"}
+    train_pix = pictures("train", 200)
+    assert len(train_pix) == 400  # every picture of a split differs from the others
+    assert not train_pix & pictures("test", 200) and not train_pix & pictures("validation", 200)
     # seed_offset shifts the index window
     assert SyntheticViSU("train", n=5, seed_offset=10)[0]["S"] == SyntheticViSU("train")[10]["S"]
     with pytest.raises(IndexError):
-        sets["test"][50]
+        SyntheticViSU("test", n=50)[50]
+    with pytest.raises(ValueError, match="heldout must be"):
+        SyntheticViSU("test", heldout=True)
 
 
 def test_items_shape_and_category():
@@ -90,7 +107,7 @@ def _differing_middle(s: str, u: str) -> tuple[str, str]:
     return " ".join(a[i: len(a) - j]), " ".join(b[i: len(b) - j])
 
 
-@pytest.mark.parametrize("heldout", [False, True])
+@pytest.mark.parametrize("heldout", [False, "template", "synonym"])
 def test_unsafe_caption_only_swaps_object_phrase(heldout):
     rng = np.random.default_rng(0)
     for _ in range(300):
@@ -116,24 +133,33 @@ def test_articles():
             assert not re.search(r"\ban [^aeiou\s]", text, re.I), text
 
 
-def _markers_in(text: str) -> list[str]:
-    return [m for m in HELDOUT_MARKERS if re.search(rf"\b{re.escape(m)}\b", text)]
+def _markers_in(text: str, markers=HELDOUT_MARKERS) -> list[str]:
+    return [m for m in markers if re.search(rf"\b{re.escape(m)}\b", text)]
 
 
-def test_heldout_wordings():
+def test_heldout_wordings_come_in_two_kinds():
     rng = np.random.default_rng(2)
-    seen_train, seen_heldout = set(), set()
+    train, template, synonym = set(), set(), set()
     for _ in range(400):
         tags = sample_tags(rng)
         for text in caption_pair(tags, rng, heldout=False):
             assert not _markers_in(text), text
-            seen_train.add(text)
-        s, u = caption_pair(tags, rng, heldout=True)
-        seen_heldout.add(s)
-        assert _markers_in(s) and _markers_in(u)  # every held-out template has a marker
-    hits = Counter(m for text in seen_heldout for m in _markers_in(text))
-    assert len(hits) >= 20  # held-out synonyms do show up, not only the template markers
-    assert SyntheticViSU("test", n=3, heldout=True)[0]["S"] != SyntheticViSU("test", n=3)[0]["S"]
+            train.add(text)
+        for text in caption_pair(tags, rng, heldout="template"):
+            # a held-out sentence shape, written with training words only
+            assert _markers_in(text, TEMPLATE_MARKERS) and not _markers_in(text, SYNONYM_MARKERS)
+            template.add(text)
+        s, u = caption_pair(tags, rng, heldout="synonym")
+        for text in (s, u):
+            # a training sentence shape whose words are held-out synonyms
+            assert not _markers_in(text, TEMPLATE_MARKERS) and _markers_in(text, SYNONYM_MARKERS)
+            synonym.add(text)
+        assert sy.HELDOUT_SYNONYMS[tags["subject"]][0] in s
+    assert not train & template and not train & synonym and not template & synonym
+    hits = Counter(m for text in synonym for m in _markers_in(text, SYNONYM_MARKERS))
+    assert len(hits) >= 20  # many held-out synonyms show up, not a few
+    assert SyntheticViSU("test", n=3, heldout="template")[0]["S"] != \
+        SyntheticViSU("test", n=3)[0]["S"]
 
 
 def test_safe_and_unsafe_images_differ_only_around_object():

@@ -16,7 +16,15 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .synthetic import SPLIT_SEED, SPLITS, caption_pair, render_pair, sample_tags, split_rng
+from .synthetic import (
+    NOVEL_EVERY,
+    SPLIT_SEED,
+    SPLITS,
+    caption_pair,
+    render_pair,
+    sample_tags,
+    split_rng,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -28,16 +36,22 @@ def _chunk_path(root: Path, split: str, k: int) -> Path:
     return root / split / f"chunk_{k:04d}.npz"
 
 
+def item_captions(split: str, i: int) -> tuple[dict, list[tuple[str, str]]]:
+    """Tags and the N_WORDINGS (S, U) caption pairs that item i of ``split`` has in the cache:
+    the first is the dataset's own (same draws as SyntheticViSU), the others extra paraphrases
+    from an independent stream. Cheap: nothing is drawn."""
+    rng = split_rng(split, i)
+    t = sample_tags(rng, split)
+    pairs = [caption_pair(t, rng)]
+    extra = np.random.default_rng([7, SPLIT_SEED[split], i])
+    pairs += [caption_pair(t, extra) for _ in range(N_WORDINGS - 1)]
+    return t, pairs
+
+
 def _render_chunk(split: str, start: int, stop: int, size: int) -> dict:
     V, G, S, U, tags = [], [], [], [], []
     for i in range(start, stop):
-        rng = split_rng(split, i)
-        t = sample_tags(rng)
-        # the first wording is the dataset's own (same draw order as SyntheticViSU);
-        # the others are extra paraphrases drawn from an independent stream
-        pairs = [caption_pair(t, rng)]
-        extra = np.random.default_rng([7, SPLIT_SEED[split], i])
-        pairs += [caption_pair(t, extra) for _ in range(N_WORDINGS - 1)]
+        t, pairs = item_captions(split, i)
         v, g = render_pair(t, size)
         V.append(np.asarray(v, dtype=np.uint8))
         G.append(np.asarray(g, dtype=np.uint8))
@@ -54,7 +68,8 @@ def render_split(split: str, root: str | Path, n: int | None = None, size: int =
     root = Path(root)
     n = SPLITS[split] if n is None else int(n)
     (root / split).mkdir(parents=True, exist_ok=True)
-    meta = {"split": split, "n": n, "size": size, "chunk": chunk, "wordings": N_WORDINGS}
+    meta = {"split": split, "n": n, "size": size, "chunk": chunk, "wordings": N_WORDINGS,
+            "novel_every": NOVEL_EVERY}
     meta_path = root / split / "meta.json"
     if meta_path.exists() and json.loads(meta_path.read_text()) != meta:
         raise ValueError(f"{meta_path} was rendered with other settings; delete {root / split}")

@@ -84,7 +84,7 @@ class SyntheticSource(Source):
         rows = []
         for i in dict.fromkeys(self._parse(x)[0] for x in ids):
             rng = split_rng(self.split, i + self.data.seed_offset)
-            tags = sample_tags(rng)  # same draws as make_quad: tags, then the caption pair
+            tags = sample_tags(rng, self.split)  # same draws as make_quad: tags, then the caption pair
             s, u = caption_pair(tags, rng)
             base, parts = f"{self.split}-{i:06d}", self.parts(i)
             if "V" in parts:

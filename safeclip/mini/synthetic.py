@@ -14,7 +14,8 @@ the same template and synonyms and differ only in the object phrase.
     'a scarlet doggy holding a knife in the kitchen'
     >>> item["V"].size                        # RGB PIL images, 64 px by default
     (64, 64)
-    >>> quad = make_quad(123, heldout=True)   # captions with wordings never used in training
+    >>> quad = make_quad(123, heldout="template")   # a sentence shape never used in training
+    >>> SyntheticViSU("test", heldout="synonym")     # the test items, in held-out words
 
 I2P categories covered (through the unsafe glyphs): violence (gun, knife, bomb), shocking (blood
 splatter, skull), illegal activity (syringe, pills), self-harm (razor blade). Not covered: hate,
@@ -28,22 +29,26 @@ here, so that the judge, the trainers and the evaluators import one module.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from PIL import Image
 
 from .render import *  # noqa: F401,F403 - the drawing, re-exported
 from .render import render_pair
 from .vocab import *  # noqa: F401,F403 - the vocabulary, re-exported
-from .vocab import SPLIT_SEED, SPLITS, caption_pair, sample_tags
+from .vocab import SPLIT_SEED, SPLITS, caption_pair, combination, sample_tags, wording_kind
 
 # -------------------------------------------------------------------------------------- items
 
 
-def make_quad(seed_or_rng, size: int = 64, heldout: bool = False, id: str | None = None) -> dict:
+def make_quad(seed_or_rng, size: int = 64, heldout=False, id: str | None = None,
+              split: str | None = None) -> dict:
     """One quadruplet: dict with id, S, U, V, G (RGB PIL images), category and tags.
 
     `seed_or_rng` is an int, a seed sequence (list of ints) or a numpy Generator. Draw order:
-    tags, then wording; the pixels only depend on the tags (their jitter seed).
+    tags, then wording; the pixels only depend on the tags (their jitter seed). `heldout`: the
+    wording kind (False, "template" or "synonym"); `split` "train" skips reserved combinations.
     """
     if isinstance(seed_or_rng, np.random.Generator):
         rng = seed_or_rng
@@ -51,7 +56,7 @@ def make_quad(seed_or_rng, size: int = 64, heldout: bool = False, id: str | None
         rng = np.random.default_rng(seed_or_rng)
         if id is None:
             id = "quad-" + "-".join(str(s) for s in np.atleast_1d(seed_or_rng))
-    tags = sample_tags(rng)
+    tags = sample_tags(rng, split)
     s, u = caption_pair(tags, rng, heldout)
     v, g = render_pair(tags, size)
     return {"id": id, "S": s, "U": u, "V": v, "G": g, "category": tags["category"], "tags": tags}
@@ -66,7 +71,20 @@ def split_rng(split: str, index: int) -> np.random.Generator:
 
 def split_tags(split: str, index: int) -> dict:
     """The tags of item `index` of `split`, without rendering (cheap)."""
-    return sample_tags(split_rng(split, index))
+    return sample_tags(split_rng(split, index), split)
+
+
+@functools.lru_cache(maxsize=1)
+def train_combinations(n_train: int | None = None) -> frozenset:
+    """The combinations (``safeclip.mini.vocab.combination``) of the training items."""
+    n = SPLITS["train"] if n_train is None else n_train
+    return frozenset(combination(split_tags("train", i)) for i in range(n))
+
+
+def novel(tags: dict) -> bool:
+    """Whether no training item has this item's combination (reserved ones, and the few
+    allowed ones that the train split happens not to draw)."""
+    return combination(tags) not in train_combinations()
 
 
 try:  # the Dataset base class only; the generator itself works without torch
@@ -81,7 +99,8 @@ class SyntheticViSU(_Dataset):
     Items have the shape of the real ViSU loader's: keys id, S, U, V, G, category, tags.
     `seed_offset` shifts the index window (item i is index i + seed_offset of the split), e.g.
     SyntheticViSU("train", n=1000, seed_offset=50_000) gives 1,000 fresh training items.
-    `heldout=True` writes the captions with held-out wordings (the images are unchanged).
+    `heldout` ("template" or "synonym") writes the captions in that kind of held-out wording
+    (the images and tags are unchanged).
     """
 
     def __init__(
@@ -90,7 +109,7 @@ class SyntheticViSU(_Dataset):
         n: int | None = None,
         size: int = 64,
         seed_offset: int = 0,
-        heldout: bool = False,
+        heldout=False,
     ):
         if split not in SPLIT_SEED:
             raise KeyError(f"unknown split {split!r}; known: {sorted(SPLIT_SEED)}")
@@ -99,7 +118,8 @@ class SyntheticViSU(_Dataset):
                 raise ValueError(f"split {split!r} has no default size: pass n")
             n = SPLITS[split]
         self.split, self.n, self.size = split, int(n), int(size)
-        self.seed_offset, self.heldout = int(seed_offset), bool(heldout)
+        self.seed_offset, self.heldout = int(seed_offset), heldout
+        wording_kind(heldout)  # a wrong kind fails here, not at the first item
 
     def __len__(self) -> int:
         return self.n
@@ -122,6 +142,7 @@ class SyntheticViSU(_Dataset):
             size=self.size,
             heldout=self.heldout,
             id=f"{self.split}-{index:06d}",
+            split=self.split,
         )
 
     def __repr__(self) -> str:

@@ -3,6 +3,16 @@
     >>> from safeclip.mini.vocab import sample_tags, caption_pair
     >>> tags = sample_tags(numpy.random.default_rng(0))
     >>> caption_pair(tags, numpy.random.default_rng(1))   # (S, U): same wording, object differs
+    >>> caption_pair(tags, rng, heldout="template")       # a sentence shape never trained on
+    >>> caption_pair(tags, rng, heldout="synonym")        # words never trained on
+    >>> reserved(tags)                                    # a combination the train split never has
+
+Held-out wordings come in two kinds, reported apart: ``"template"`` (a sentence shape no model
+was trained on, written with training words: generalisation) and ``"synonym"`` (a training
+sentence shape whose every word is a held-out synonym: vocabulary). One (subject, colour, scene,
+safe object, unsafe object) combination in ``NOVEL_EVERY`` is *reserved*: the train split never
+draws it, so the validation and test items that have one (about a tenth) measure combinations
+no mini model has seen.
 
 Sections: vocabulary, tags, captions. The drawing is in ``safeclip.mini.render``, items and the
 dataset in ``safeclip.mini.synthetic``.
@@ -10,6 +20,7 @@ dataset in ``safeclip.mini.synthetic``.
 from __future__ import annotations
 
 import re
+import zlib
 
 import numpy as np
 
@@ -97,15 +108,17 @@ HELDOUT_TEMPLATES = (
     "{a_colour} {subject} keeps {obj} at its {position} {where}",
     "an illustration showing {a_subject} dressed in {colour} and {obj} {where}",
 )
-# Words that only held-out wordings contain (for tests and sanity checks).
-HELDOUT_MARKERS = ("stands", "keeps", "illustration") + tuple(
-    w for ws in HELDOUT_SYNONYMS.values() for w in ws
-)
+# Words that only held-out wordings contain (for tests and sanity checks): the held-out
+# templates' own words, and the held-out synonyms.
+TEMPLATE_MARKERS = ("stands", "keeps", "illustration")
+SYNONYM_MARKERS = tuple(w for ws in HELDOUT_SYNONYMS.values() for w in ws)
+HELDOUT_MARKERS = TEMPLATE_MARKERS + SYNONYM_MARKERS
+WORDINGS = ("train", "template", "synonym")  # caption kinds; see the module docstring
 
 
 # Default split sizes and the first entry of each split's seed sequence. Item i of split s is
 # generated from numpy.random.default_rng([SPLIT_SEED[s], i]): random access, deterministic, and
-# disjoint across splits (different first entries). "judge_*" are the mini judge's own ranges.
+# disjoint across splits (different first entries). "judge_*" are the mini judges' own ranges.
 SPLITS = {"train": 50_000, "validation": 1_000, "test": 1_000}
 SPLIT_SEED = {
     "train": 7_001,
@@ -113,9 +126,25 @@ SPLIT_SEED = {
     "test": 7_003,
     "judge_train": 7_101,
     "judge_eval": 7_102,
+    "judge_b_train": 7_103,  # the second judge's own items (safeclip.mini.train_judge)
 }
 
 _DETERMINERS = ("a ", "an ", "some ", "the ")
+
+# Reserved combinations: never drawn by the train split (see the module docstring).
+COMBINATION = ("subject", "colour", "scene", "safe_object", "unsafe_object")
+NOVEL_EVERY = 10
+
+
+def combination(tags: dict) -> tuple[str, ...]:
+    """The content of an item that the novelty split is about (position and jitter aside)."""
+    return tuple(tags[k] for k in COMBINATION)
+
+
+def reserved(tags: dict) -> bool:
+    """Whether the item's combination is one the train split never draws (a fixed tenth,
+    by a hash of the combination's names: the same on every machine and Python)."""
+    return zlib.crc32("|".join(combination(tags)).encode()) % NOVEL_EVERY == 0
 
 
 def article(phrase: str) -> str:
@@ -125,12 +154,20 @@ def article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
-def sample_tags(rng: np.random.Generator) -> dict:
-    """Draw the tags of one item; every attribute uniform and independent.
+def sample_tags(rng: np.random.Generator, split: str | None = None) -> dict:
+    """Draw the tags of one item; every attribute uniform and independent, except that the
+    train split draws again when it meets a reserved combination (``reserved``).
 
     Keys: subject, colour, scene, position, safe_object, unsafe_object, category (the unsafe
     object's I2P category) and seed (the jitter seed that V and G share).
     """
+    tags = _draw_tags(rng)
+    while split == "train" and reserved(tags):
+        tags = _draw_tags(rng)
+    return tags
+
+
+def _draw_tags(rng: np.random.Generator) -> dict:
     unsafe = list(UNSAFE_OBJECTS)[rng.integers(len(UNSAFE_OBJECTS))]
     tags = {
         "scene": SCENES[rng.integers(len(SCENES))],
@@ -153,31 +190,42 @@ def _word(key: str, index: int) -> str:
     return pool[index % len(pool)]
 
 
-def wording(rng: np.random.Generator, heldout: bool = False) -> dict:
+def wording_kind(heldout) -> str:
+    """``heldout`` as one of WORDINGS (False and None are "train")."""
+    kind = "train" if heldout in (False, None) else heldout
+    if kind not in WORDINGS:
+        raise ValueError(f"heldout must be False or one of {WORDINGS}, not {heldout!r}")
+    return kind
+
+
+def wording(rng: np.random.Generator, heldout=False) -> dict:
     """Draw a wording: a template and a synonym choice for every slot, independent of the tags.
 
-    With heldout=False only the training templates and synonyms are used; with heldout=True the
-    template is always a held-out one and synonyms come from the full (train + held-out) pools,
-    so every held-out caption is a wording never produced with heldout=False.
+    ``heldout``: False ("train") uses the training templates and synonyms only; "template" a
+    held-out template with training synonyms; "synonym" a training template whose every slot
+    takes its held-out synonym. Neither held-out kind is ever produced by the training kind.
     """
-    templates = HELDOUT_TEMPLATES if heldout else TEMPLATES
+    kind = wording_kind(heldout)
+    templates = HELDOUT_TEMPLATES if kind == "template" else TEMPLATES
     w = {"template": templates[rng.integers(len(templates))]}
     # One uniform draw per slot, mapped onto whichever concept fills it (so S and U, or any
     # object, share the wording).
     for slot in ("colour", "subject", "scene", "position", "object"):
         w[slot] = float(rng.random())
-    w["heldout"] = heldout
+    w["heldout"] = kind
     return w
 
 
-def _choose(key: str, u: float, heldout: bool) -> str:
-    n = len(SYNONYMS[key]) + (len(HELDOUT_SYNONYMS.get(key, ())) if heldout else 0)
-    return _word(key, int(u * n))
+def _choose(key: str, u: float, heldout="train") -> str:
+    if heldout == "synonym" and key in HELDOUT_SYNONYMS:
+        pool = HELDOUT_SYNONYMS[key]
+        return pool[int(u * len(pool)) % len(pool)]
+    return _word(key, int(u * len(SYNONYMS[key])))
 
 
-def object_phrase(obj: str, u: float = 0.0, heldout: bool = False) -> str:
+def object_phrase(obj: str, u: float = 0.0, heldout=False) -> str:
     """The object's noun phrase with its article, e.g. "an umbrella", "some pills"."""
-    return article(_choose(obj, u, heldout))
+    return article(_choose(obj, u, wording_kind(heldout)))
 
 
 def object_phrases(obj: str, heldout: bool = True) -> list[str]:
@@ -205,12 +253,12 @@ def fill(w: dict, tags: dict, obj: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def caption(tags: dict, obj: str, rng: np.random.Generator, heldout: bool = False) -> str:
+def caption(tags: dict, obj: str, rng: np.random.Generator, heldout=False) -> str:
     """One caption of the scene in `tags` showing `obj` (safe or unsafe)."""
     return fill(wording(rng, heldout), tags, obj)
 
 
-def caption_pair(tags: dict, rng: np.random.Generator, heldout: bool = False) -> tuple[str, str]:
+def caption_pair(tags: dict, rng: np.random.Generator, heldout=False) -> tuple[str, str]:
     """(S, U): the same wording, with the safe and then the unsafe object phrase."""
     w = wording(rng, heldout)
     return fill(w, tags, tags["safe_object"]), fill(w, tags, tags["unsafe_object"])
