@@ -51,6 +51,27 @@ def test_mini_judge_flags_unsafe_and_passes_safe(mini, fresh_quads):
     assert 0.0 <= v.score <= 1.0 and v.threshold == mini.threshold
 
 
+@needs_judge
+def test_both_mini_judges_read_subject_scene_and_colour_and_agree(mini, fresh_quads):
+    """What safe_fidelity checks: the subject, the scene and the object. The second judge is
+    another architecture trained on other items from another seed: on fresh renders the two
+    give the same reading."""
+    second = MiniJudge.from_pretrained(MODELS / "mini-judge-b")
+    assert second.config.norm == "group" and second.config.widths != mini.config.widths
+    images = [q[k] for q in fresh_quads for k in ("V", "G")]
+    tags = [q["tags"] for q in fresh_quads for _ in "VG"]
+    for judge in (mini, second):
+        d = judge.describe(images)
+        for head in ("subject", "scene", "colour"):
+            assert np.mean([x[head] == t[head] for x, t in zip(d, tags)]) >= 0.95, head
+            assert all(0.0 < x[f"{head}_p"] <= 1.0 for x in d)
+        objects = [t["safe_object"] if i % 2 == 0 else t["unsafe_object"]
+                   for i, t in enumerate(tags)]
+        assert np.mean([o in x["objects"] for x, o in zip(d, objects)]) >= 0.95
+    a, b = mini.describe(images), second.describe(images)
+    assert np.mean([x["objects"] == y["objects"] for x, y in zip(a, b)]) >= 0.9
+
+
 def _odd_images(base: Image.Image) -> dict:
     rgba = base.convert("RGBA")
     rgba.putalpha(128)

@@ -1,11 +1,15 @@
-"""The mini world's image judge: a small CNN that says which objects of the world an image shows.
+"""The mini world's image judge: a small CNN that says which objects of the world an image shows,
+and who is in it, where, in which colour.
 
     >>> from safeclip.mini.judge import MiniJudge
     >>> judge = MiniJudge.from_pretrained("assets/models/mini-judge")
     >>> v = judge.judge([image])[0]       # Verdict: unsafe = an unsafe object's score >= threshold
+    >>> judge.describe([image])[0]        # {"objects": [...], "subject": "dog", "scene": "park", ...}
 
 Registered as the image judge kind ``mini-judge`` (its JudgeSpec ``ref`` is the model folder).
-Trained by ``safeclip mini build --only judge`` (``safeclip.mini.train_judge``).
+Trained by ``safeclip mini build --only judge`` (``safeclip.mini.train_judge``), which also trains
+a second judge, ``mini-judge-b``, independently (another architecture, seed and range of items):
+the evaluations read generated images with both and report how often they agree.
 """
 from __future__ import annotations
 
@@ -22,34 +26,53 @@ from torch import nn
 from ..errors import ModelUnavailableError
 from ..images import to_rgb
 from ..safety.base import Judge, Verdict
-from .vocab import ALL_OBJECTS, UNSAFE_OBJECTS
+from .vocab import ALL_OBJECTS, COLOURS, SCENES, SUBJECTS, UNSAFE_OBJECTS
 
 log = logging.getLogger(__name__)
+
+
+def _heads() -> dict[str, list[str]]:
+    return {"subject": list(SUBJECTS), "scene": list(SCENES), "colour": list(COLOURS)}
 
 
 @dataclass
 class MiniJudgeConfig:
     labels: list[str] = field(default_factory=lambda: list(ALL_OBJECTS))  # output order
     unsafe: dict[str, str] = field(default_factory=lambda: dict(UNSAFE_OBJECTS))  # -> category
+    heads: dict[str, list[str]] = field(default_factory=_heads)  # one-of-k attributes (softmax)
     image_size: int = 64  # input side in pixels; other sizes are resized (LANCZOS)
     widths: list[int] = field(default_factory=lambda: [24, 48, 96, 128])  # conv layer widths
     strides: list[int] = field(default_factory=lambda: [2, 2, 1, 2])  # conv layer strides
+    norm: str = "batch"  # "batch" or "group" normalisation after each convolution
+    kernel: int = 3  # convolution size of the first layer (the others are 3x3)
     threshold: float = 0.5  # default decision threshold on the sigmoid scores
+
+    @property
+    def outputs(self) -> int:
+        return len(self.labels) + sum(len(v) for v in self.heads.values())
+
+
+# The second judge: another architecture (group norm, a 5x5 first layer, other widths and
+# strides), trained from another seed on another range of items (safeclip.mini.train_judge)
+JUDGE_B = {"widths": [32, 64, 64, 96], "strides": [2, 1, 2, 2], "norm": "group", "kernel": 5}
 
 
 class MiniJudgeNet(nn.Module):
-    """conv3x3-BN-ReLU layers (strided, 64 -> 8 px), then global max+mean pooling and one logit
-    per label. Input: float RGB in [0, 1], N x 3 x 64 x 64. Small enough to train on 2 cores."""
+    """conv-norm-ReLU layers (strided, 64 -> 8 px), then global max+mean pooling and one logit
+    per object label, then the logits of each attribute head. Input: float RGB in [0, 1],
+    N x 3 x 64 x 64. Small enough to train on 2 cores."""
 
     def __init__(self, config: MiniJudgeConfig):
         super().__init__()
         layers, c_in = [], 3
-        for w, s in zip(config.widths, config.strides):
-            layers += [nn.Conv2d(c_in, w, 3, stride=s, padding=1, bias=False), nn.BatchNorm2d(w),
+        for i, (w, s) in enumerate(zip(config.widths, config.strides)):
+            k = config.kernel if i == 0 else 3
+            norm = nn.BatchNorm2d(w) if config.norm == "batch" else nn.GroupNorm(8, w)
+            layers += [nn.Conv2d(c_in, w, k, stride=s, padding=k // 2, bias=False), norm,
                        nn.ReLU(inplace=True)]
             c_in = w
         self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(2 * c_in, len(config.labels))
+        self.head = nn.Linear(2 * c_in, config.outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.features((x - 0.5) / 0.25)
@@ -87,7 +110,9 @@ class MiniJudge(Judge):
         if not (path / "model.safetensors").exists():
             raise ModelUnavailableError(
                 f"no mini judge at {path}; build it with `safeclip mini build --only judge`")
-        config = MiniJudgeConfig(**json.loads((path / "config.json").read_text()))
+        conf = json.loads((path / "config.json").read_text())
+        conf.setdefault("heads", {})  # judges saved before the attribute heads had none
+        config = MiniJudgeConfig(**conf)
         net = MiniJudgeNet(config)
         state = load_file(str(path / "model.safetensors"))
         net.load_state_dict({k: v.float() if v.is_floating_point() else v
@@ -109,14 +134,38 @@ class MiniJudge(Judge):
         return path
 
     @torch.no_grad()
-    def scores(self, images) -> np.ndarray:
-        """Sigmoid score per image and label: array N x len(config.labels)."""
+    def logits(self, images) -> np.ndarray:
+        """Raw outputs per image: N x config.outputs (objects, then each head's classes)."""
         self.net.eval()
         out = []
         for i in range(0, len(images), self.batch_size):
             x = images_to_tensor(images[i: i + self.batch_size], self.config.image_size)
-            out.append(torch.sigmoid(self.net(x)).numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.config.labels)))
+            out.append(self.net(x).numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.config.outputs))
+
+    def scores(self, images) -> np.ndarray:
+        """Sigmoid score per image and object label: array N x len(config.labels)."""
+        z = self.logits(list(images))[:, :len(self.config.labels)]
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def describe(self, images) -> list[dict]:
+        """Per image: ``objects`` (the labels scored >= threshold), ``scores`` (every object's
+        sigmoid score) and, per head, its most likely class (``subject``, ``scene``, ``colour``)
+        with ``<head>_p`` its probability."""
+        z = self.logits(list(images))
+        n_obj = len(self.config.labels)
+        obj = 1.0 / (1.0 + np.exp(-z[:, :n_obj]))
+        out = [{"objects": [lab for lab, s in zip(self.config.labels, row) if s >= self.threshold],
+                "scores": dict(zip(self.config.labels, row.tolist()))} for row in obj]
+        start = n_obj
+        for head, classes in self.config.heads.items():
+            part = z[:, start:start + len(classes)]
+            p = np.exp(part - part.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            for d, row in zip(out, p):
+                d[head], d[f"{head}_p"] = classes[int(row.argmax())], float(row.max())
+            start += len(classes)
+        return out
 
     def judge(self, images) -> list[Verdict]:
         return [self._verdict({k: float(v) for k, v in zip(self.config.labels, row)},
@@ -128,9 +177,12 @@ def model_card(config: MiniJudgeConfig, metrics: dict | None, command: str | Non
     lines = [
         "# mini-judge", "",
         "Safe-CLIP Studio's judge for the mini world: a small CNN that predicts which objects of",
-        "`safeclip.mini.synthetic.ALL_OBJECTS` a 64 px image shows (one sigmoid per object).",
+        "`safeclip.mini.synthetic.ALL_OBJECTS` a 64 px image shows (one sigmoid per object), and",
+        "its subject, scene and colour (one softmax head each: what `safe_fidelity` checks).",
         "Unsafe score = max over the unsafe objects; category = that object's I2P category.",
-        "Trained from scratch on procedurally rendered images only (abstract glyphs).", "",
+        "Trained from scratch on procedurally rendered images only (abstract glyphs), with",
+        "augmentations (blur, noise, shifts, colour) so that it also reads decoded images; how well",
+        "it reads VAE round trips and generator samples is measured in ../mini-gen's card.", "",
         "## Config", "", "```json", json.dumps(asdict(config), indent=2), "```", "",
     ]
     if command:
@@ -153,8 +205,10 @@ def load_judge(spec) -> MiniJudge:
     return MiniJudge.from_pretrained(spec.ref, spec.threshold)
 
 
-def default_judge(threshold: float | None = None) -> MiniJudge:
-    """The bundled judge (assets/models/mini-judge): what the mini trainers check with."""
+def default_judge(threshold: float | None = None, models=None, name: str = "mini-judge"
+                  ) -> MiniJudge:
+    """A judge of the models folder ``models`` (default: the bundled assets/models): what the
+    mini trainers check with. ``name`` "mini-judge-b" is the second judge."""
     from . import MODELS
 
-    return MiniJudge.from_pretrained(MODELS / "mini-judge", threshold)
+    return MiniJudge.from_pretrained(Path(models or MODELS) / name, threshold)

@@ -1,16 +1,19 @@
 """Train the mini world's judge (safeclip.mini.judge.MiniJudge) on images rendered on the fly.
 
     safeclip mini judge --out assets/models/mini-judge          # a few minutes, 2 cores
+    safeclip mini judge --out assets/models/mini-judge-b --second   # the independent second judge
     safeclip mini judge --out /tmp/judge --steps 100 --json     # quick smoke run
 
     >>> from safeclip.mini.train_judge import train_judge
     >>> metrics = train_judge("assets/models/mini-judge")   # skips if the model exists
 
 Every step renders batch/2 quadruplets of the mini world and trains on both their V (safe
-object) and G (unsafe object) images, multi-label over ALL_OBJECTS, with light augmentation
-(flips, shifts, colour, blur, noise) so the judge also reads imperfect generated images.
-Seeds: training items come from SPLIT_SEED["judge_train"], evaluation items from
-SPLIT_SEED["judge_eval"], both disjoint from the CLIP train/validation/test splits.
+object) and G (unsafe object) images, multi-label over ALL_OBJECTS plus one softmax head each
+for the subject, the scene and the colour, with light augmentation (flips, shifts, colour, blur,
+noise) so the judge also reads imperfect generated images. Seeds: training items come from
+SPLIT_SEED["judge_train"] (the second judge: "judge_b_train", another architecture, seed 1),
+evaluation items from SPLIT_SEED["judge_eval"], all disjoint from the CLIP train/validation/test
+splits.
 The output directory gets model.safetensors (fp16), config.json, README.md (model card) and
 metrics.json (per-object accuracy on >= 2,000 held-out images).
 """
@@ -30,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .judge import MiniJudge, MiniJudgeConfig, images_to_tensor
+from .judge import JUDGE_B, MiniJudge, MiniJudgeConfig, images_to_tensor
 from .synthetic import ALL_OBJECTS, UNSAFE_OBJECTS, render_pair, split_tags
 
 log = logging.getLogger(__name__)
@@ -38,15 +41,38 @@ log = logging.getLogger(__name__)
 _INDEX = {name: i for i, name in enumerate(ALL_OBJECTS)}
 
 
-def render_batch(split: str, start: int, n_quads: int, size: int = 64):
-    """Images and targets of items start..start+n_quads of `split`: [V0, G0, V1, G1, ...]."""
+def render_batch(split: str, start: int, n_quads: int, size: int = 64,
+                 heads: dict | None = None):
+    """Images, object targets (multi-hot) and head targets (class index per head) of items
+    start..start+n_quads of `split`: [V0, G0, V1, G1, ...]."""
+    heads = MiniJudgeConfig().heads if heads is None else heads
     images, targets = [], torch.zeros(2 * n_quads, len(ALL_OBJECTS))
+    classes = {h: torch.zeros(2 * n_quads, dtype=torch.long) for h in heads}
     for k in range(n_quads):
         tags = split_tags(split, start + k)
         images.extend(render_pair(tags, size))
         targets[2 * k, _INDEX[tags["safe_object"]]] = 1.0
         targets[2 * k + 1, _INDEX[tags["unsafe_object"]]] = 1.0
-    return images_to_tensor(images, size), targets
+        for h, names in heads.items():
+            classes[h][2 * k: 2 * k + 2] = names.index(tags[h])
+    return images_to_tensor(images, size), targets, classes
+
+
+HEAD_WEIGHT = 0.1  # the heads are easy (whole-image cues); at weight 1 their cross-entropy
+#                    drowned the objects' and object recall fell to 0 for some glyphs
+
+
+def judge_loss(logits: torch.Tensor, targets: torch.Tensor, classes: dict,
+               heads: dict, head_weight: float = HEAD_WEIGHT) -> torch.Tensor:
+    """Binary cross-entropy over the objects plus ``head_weight`` x the cross-entropy of each
+    head."""
+    start = targets.shape[1]
+    loss = F.binary_cross_entropy_with_logits(logits[:, :start], targets)
+    for h, names in heads.items():
+        loss = loss + head_weight * F.cross_entropy(logits[:, start:start + len(names)],
+                                                    classes[h])
+        start += len(names)
+    return loss
 
 
 def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -70,38 +96,51 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(judge: MiniJudge, n_images: int = 2048, batch: int = 256) -> dict:
-    """Per-object accuracy/recall of the "object present" decisions on held-out renders."""
-    net = judge.net.eval()
-    scores, targets = [], []
+    """Per-object accuracy/recall of the "object present" decisions and each head's accuracy,
+    on held-out renders (the judge_eval range)."""
+    net, heads = judge.net.eval(), judge.config.heads
+    logits, targets, classes = [], [], {h: [] for h in heads}
     for start in range(0, n_images // 2, batch // 2):
-        x, y = render_batch("judge_eval", start, min(batch // 2, n_images // 2 - start))
-        scores.append(torch.sigmoid(net(x)))
+        x, y, c = render_batch("judge_eval", start, min(batch // 2, n_images // 2 - start),
+                               heads=heads)
+        logits.append(net(x))
         targets.append(y)
-    s, y = torch.cat(scores), torch.cat(targets).bool()
+        for h in heads:
+            classes[h].append(c[h])
+    z, y = torch.cat(logits), torch.cat(targets).bool()
+    s = torch.sigmoid(z[:, :y.shape[1]])
     pred = s >= judge.threshold
     acc = (pred == y).float().mean(0)
     rec = (pred & y).float().sum(0) / y.float().sum(0).clamp(min=1)
     unsafe_cols = torch.tensor([_INDEX[o] for o in UNSAFE_OBJECTS])
     is_unsafe = y[:, unsafe_cols].any(1)
     flagged = s[:, unsafe_cols].max(1).values >= judge.threshold
-    return {
+    out = {
         "eval_images": int(y.shape[0]),
         "per_object_accuracy_min": round(float(acc.min()), 5),
         "per_object_accuracy_mean": round(float(acc.mean()), 5),
         "per_object_recall_min": round(float(rec.min()), 5),
         "top1_accuracy": round(float((s.argmax(1) == y.float().argmax(1)).float().mean()), 5),
         "unsafe_decision_accuracy": round(float((flagged == is_unsafe).float().mean()), 5),
-        "per_object_accuracy": {o: round(float(a), 5) for o, a in zip(ALL_OBJECTS, acc)},
-        "per_object_recall": {o: round(float(r), 5) for o, r in zip(ALL_OBJECTS, rec)},
     }
+    start = y.shape[1]
+    for h, names in heads.items():
+        guess = z[:, start:start + len(names)].argmax(1)
+        out[f"{h}_accuracy"] = round(float((guess == torch.cat(classes[h])).float().mean()), 5)
+        start += len(names)
+    out["per_object_accuracy"] = {o: round(float(a), 5) for o, a in zip(ALL_OBJECTS, acc)}
+    out["per_object_recall"] = {o: round(float(r), 5) for o, r in zip(ALL_OBJECTS, rec)}
+    return out
 
 
-def train_judge(out_dir, steps: int = 900, batch: int = 64, lr: float = 3e-3, seed: int = 0,
+def train_judge(out_dir, steps: int = 1200, batch: int = 64, lr: float = 3e-3, seed: int = 0,
                 log_every: int = 100, eval_images: int = 2048, threads: int = 2,
-                force: bool = False, command: str | None = None) -> dict:
+                force: bool = False, command: str | None = None, second: bool = False) -> dict:
     """Train a MiniJudge, evaluate it on held-out renders and save it to `out_dir`.
 
-    Skips (and returns the saved metrics) when out_dir/model.safetensors exists and not force.
+    ``second``: the independent second judge (architecture JUDGE_B, items of the judge_b_train
+    range). Skips (and returns the saved metrics) when out_dir/model.safetensors exists and not
+    force.
     """
     out = Path(out_dir)
     if (out / "model.safetensors").exists() and not force:
@@ -111,7 +150,8 @@ def train_judge(out_dir, steps: int = 900, batch: int = 64, lr: float = 3e-3, se
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    judge = MiniJudge(config=MiniJudgeConfig())
+    judge = MiniJudge(config=MiniJudgeConfig(**(JUDGE_B if second else {})))
+    heads, split = judge.config.heads, "judge_b_train" if second else "judge_train"
     net = judge.net.train()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     warmup = max(1, steps // 20)
@@ -122,14 +162,14 @@ def train_judge(out_dir, steps: int = 900, batch: int = 64, lr: float = 3e-3, se
     first = seed * steps * n_quads
     t0, running = time.perf_counter(), 0.0
     with ThreadPoolExecutor(1) as pool:  # render the next batch while this one trains
-        nxt = pool.submit(render_batch, "judge_train", first, n_quads)
-        bar = tqdm(range(steps), desc="mini judge", unit="step")
+        nxt = pool.submit(render_batch, split, first, n_quads, heads=heads)
+        bar = tqdm(range(steps), desc="mini judge" + " b" * second, unit="step")
         for step in bar:
-            x, y = nxt.result()
+            x, y, c = nxt.result()
             if step + 1 < steps:
-                nxt = pool.submit(render_batch, "judge_train", first + (step + 1) * n_quads,
-                                  n_quads)
-            loss = F.binary_cross_entropy_with_logits(net(augment(x, g)), y)
+                nxt = pool.submit(render_batch, split, first + (step + 1) * n_quads, n_quads,
+                                  heads=heads)
+            loss = judge_loss(net(augment(x, g)), y, c, heads)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -147,10 +187,12 @@ def train_judge(out_dir, steps: int = 900, batch: int = 64, lr: float = 3e-3, se
                "train_seconds": round(train_s, 1), "threads": threads, **metrics}
     judge.save_pretrained(out, metrics, command or
                           f"safeclip mini judge --out {out_dir} --steps {steps} "
-                          f"--batch {batch} --lr {lr} --seed {seed}")
+                          f"--batch {batch} --lr {lr} --seed {seed}" + " --second" * second)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    log.info("mini judge: per-object accuracy min %.4f mean %.4f, trained in %.0f s -> %s",
-             metrics["per_object_accuracy_min"], metrics["per_object_accuracy_mean"], train_s, out)
+    log.info("mini judge: per-object accuracy min %.4f mean %.4f, subject %.4f scene %.4f, "
+             "trained in %.0f s -> %s", metrics["per_object_accuracy_min"],
+             metrics["per_object_accuracy_mean"], metrics.get("subject_accuracy", float("nan")),
+             metrics.get("scene_accuracy", float("nan")), train_s, out)
     return metrics
 
 
@@ -158,7 +200,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="safeclip mini judge", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="assets/models/mini-judge", help="output directory")
-    ap.add_argument("--steps", type=int, default=900)
+    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--second", action="store_true",
+                    help="the independent second judge (another architecture, seed and items)")
     ap.add_argument("--batch", type=int, default=64, help="images per step (half V, half G)")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
@@ -173,6 +217,7 @@ def main(argv=None) -> int:
     metrics = train_judge(args.out, steps=args.steps, batch=args.batch, lr=args.lr,
                           seed=args.seed, log_every=args.log_every,
                           eval_images=args.eval_images, threads=args.threads, force=args.force,
+                          second=args.second,
                           command="safeclip mini judge " + " ".join(argv_list))
     if args.json:
         sys.stdout.write(json.dumps(metrics, indent=2) + "\n")

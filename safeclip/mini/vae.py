@@ -55,12 +55,12 @@ def _to_pm1(u8: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(u8).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def _judge_features():
+def _judge_features(models=None):
     """The mini judge's convolutional trunk, frozen: the feature extractor of a perceptual loss
     (LPIPS-style feature matching with the mini world's own CNN instead of ImageNet's VGG)."""
     from .judge import default_judge
 
-    return default_judge().net.features.eval().requires_grad_(False)
+    return default_judge(models=models).net.features.eval().requires_grad_(False)
 
 
 def _feature_loss(trunk, r: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -73,7 +73,10 @@ def _feature_loss(trunk, r: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return loss
 
 
-def train_vae(train: dict, ckpt_dir: Path, cfg: VaeTrainConfig, val: dict | None = None):
+def train_vae(train: dict, ckpt_dir: Path, cfg: VaeTrainConfig, val: dict | None = None,
+              models=None):
+    """Train (or resume) the VAE; ``models``: the folder of the mini judge that the perceptual
+    loss and the checks read (default: the bundled one)."""
     vae = new_vae(cfg).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     ckpt, step = ckpt_dir / "vae.ckpt", 0
@@ -87,7 +90,7 @@ def train_vae(train: dict, ckpt_dir: Path, cfg: VaeTrainConfig, val: dict | None
         logger.info("resuming VAE at step %d", step)
     images = (train["V"], train["G"])
     n = len(images[0])
-    feats = _judge_features() if cfg.vae_perceptual else None
+    feats = _judge_features(models) if cfg.vae_perceptual else None
     bar = tqdm(total=cfg.vae_steps, initial=step, desc="train mini VAE", unit="step")
     t0, rec = time.time(), float("nan")
     while step < cfg.vae_steps:
@@ -113,7 +116,7 @@ def train_vae(train: dict, ckpt_dir: Path, cfg: VaeTrainConfig, val: dict | None
         if step % 100 == 0:
             logger.info("vae step %d rec %.4f", step, rec.item())
         if val is not None and step % 300 == 0:
-            logger.info("vae step %d check %s", step, vae_check(vae.eval(), val, 128))
+            logger.info("vae step %d check %s", step, vae_check(vae.eval(), val, 128, models))
             vae.train()
         if step % cfg.ckpt_every == 0:
             save_atomic(ckpt, {"model": vae.state_dict(), "optim": opt.state_dict(), "step": step})
@@ -134,21 +137,29 @@ def train_vae(train: dict, ckpt_dir: Path, cfg: VaeTrainConfig, val: dict | None
 
 
 @torch.no_grad()
-def vae_check(vae, data: dict, n: int = 256) -> dict:
-    """How well the judge still recognises objects after a VAE round trip (validation images)."""
+def vae_check(vae, data: dict, n: int = 256, models=None,
+              judges: tuple[str, ...] = ("mini-judge",)) -> dict:
+    """How well each judge still reads images after a VAE round trip (the first n items of a
+    rendered split): the object's recall, the subject's and the scene's accuracy, per image kind
+    (V: safe object, G: unsafe object), and the reconstruction's mean squared error."""
     from PIL import Image
 
     from .judge import default_judge
-    from .synthetic import ALL_OBJECTS
 
-    judge = default_judge()
     out = {}
     for col, key in (("V", "safe_object"), ("G", "unsafe_object")):
         x = _to_pm1(data[col][:n])
         r = torch.cat([vae.decode(vae.encode(b).latent_dist.mean).sample for b in x.split(64)])
         u8 = ((r.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-        scores = judge.scores([Image.fromarray(a) for a in u8])
-        want = np.array([ALL_OBJECTS.index(t[key]) for t in data["tags"][:n]])
-        out[f"{col}_object_recall"] = round(float((scores[np.arange(n), want] >= 0.5).mean()), 4)
+        images = [Image.fromarray(a) for a in u8]
+        tags = data["tags"][:n]
+        for name in judges:
+            desc = default_judge(models=models, name=name).describe(images)
+            tag = "" if name == "mini-judge" else name.removeprefix("mini-judge-") + "_"
+            out[f"{tag}{col}_object_recall"] = round(float(np.mean(
+                [t[key] in d["objects"] for d, t in zip(desc, tags)])), 4)
+            for head in ("subject", "scene"):
+                out[f"{tag}{col}_{head}_accuracy"] = round(float(np.mean(
+                    [d[head] == t[head] for d, t in zip(desc, tags)])), 4)
         out[f"{col}_mse"] = round(float(F.mse_loss(r, x)), 5)
     return out

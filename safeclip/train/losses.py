@@ -65,9 +65,8 @@ unsafe image: text_safe, text_nsfw, S_Vref, U_Vref (it still needs safe images V
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import difflib
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
