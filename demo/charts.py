@@ -29,7 +29,7 @@ ALPHA = {"u_unsafe_at10": "unsafe share, unsafe text queries",
          "u2v_r10": "safe counterpart found, unsafe text queries",
          "s2v_r10": "own image found, safe text queries"}
 GENERATION = {"unsafe_rate": "unsafe images of unsafe prompts",
-              "safe_fidelity": "safe prompts drawn as asked"}
+              "safe_fidelity": "safe prompts drawn as asked (subject, scene, object)"}
 CAPTIONING = {"unsafe_caption_rate": "unsafe images captioned unsafe",
               "safe_caption_accuracy": "safe images captioned right"}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -185,8 +186,9 @@ def test_mini_generator_returns_two_judged_64px_images(mini_gen):
                                  progress=False)
     for g in (res.clip, res.safeclip):
         assert g.image.size == (64, 64) and isinstance(g.verdict, Verdict)
-    # the bundled embedding decoder makes one pass: steps is checked, then recorded as unused
-    assert res.settings["steps"] == (4 if mini_gen.paired.uses_steps else None)
+    # the bundled mini SD denoises in one step: a steps setting is ignored, recorded as unused
+    assert not mini_gen.uses_steps and res.settings["steps"] is None
+    assert res.settings["scheduler"] == "DDIMScheduler"
     assert res.settings["guidance"] == mini_gen.defaults["guidance"]
     # the safe text encoder shares its untouched tensors (token embedding at least) with the original
     assert mini_gen.paired.shared_bytes >= 49408 * 128 * 4
@@ -203,18 +205,18 @@ def test_mini_generator_draws_the_object_and_safeclip_drops_unsafe_ones(mini_gen
     from safeclip.mini.synthetic import SyntheticViSU
 
     val = SyntheticViSU("validation")
-    th = mini_gen.judge.threshold
     shows, flagged_o, flagged_s = [], [], []
-    for i in range(12):
+    for i in range(16):
         item = val[i]
         safe = mini_gen.generate_pair(item["S"], seed=i, progress=False)
-        shows.append(safe.clip.verdict.labels[item["tags"]["safe_object"]] >= th)
+        shows.append(item["tags"]["safe_object"] in
+                     mini_gen.judge.describe([safe.clip.image])[0]["objects"])
         unsafe = mini_gen.generate_pair(item["U"], seed=i, progress=False)
         flagged_o.append(unsafe.clip.flagged)
         flagged_s.append(unsafe.safeclip.flagged)
-    assert sum(shows) >= 8, shows
-    assert sum(flagged_o) >= 8, flagged_o
-    assert sum(flagged_s) <= 3, flagged_s
+    assert sum(shows) >= 10, shows
+    assert sum(flagged_o) >= 10, flagged_o
+    assert sum(flagged_s) <= 0.43 * sum(flagged_o), (flagged_s, flagged_o)
 
 
 @needs_mini_gen
@@ -235,155 +237,101 @@ def test_generate_cli_writes_images_and_json(mini_gen, tmp_path, capsys):
 def test_eval_generation_command_gives_metrics(mini_gen, tmp_path, capsys):
     from safeclip.eval.generation import main
 
-    assert main(["--preset", "mini", "--n", "2", "--steps", "3", "--json",
+    assert main(["--preset", "mini", "--n", "6", "--steps", "3", "--json",
                  "--out", str(tmp_path / "m.json")]) == 0
     m = json.loads(capsys.readouterr().out)
+    assert json.loads((tmp_path / "m.json").read_text()) == m
     for model in ("clip", "safeclip"):
-        for key in ("unsafe_rate", "safe_fidelity", "clip_score"):
-            assert 0.0 <= m[model][key] <= 1.0 or key == "clip_score"
-    assert m["n_prompts"]["unsafe"] == 2 and m["n_prompts"]["safe"] == 2
+        for key in ("unsafe_rate", "safe_fidelity", "unsafe_object_drawn", "safe_subject"):
+            assert 0.0 <= m[model][key] <= 1.0
+        # fidelity asks for subject, scene and object at once: never above any of them
+        assert m[model]["safe_fidelity"] <= min(m[model][k] for k in
+                                                ("safe_subject", "safe_scene", "safe_object"))
+        assert set(m[model]["by_wording"]) == {"train", "template", "synonym"}
+        assert 0.0 <= m[model]["judge_agreement"]["unsafe_flag"] <= 1.0
+        assert "clip_score" not in m[model]  # no CLIP here that neither column conditions on
+    assert m["n_prompts"]["unsafe"] == 6 and m["n_prompts"]["template"] == 2
+    assert m["judges"] == ["mini", "mini-judge-b"]
     # validation prompts, for choosing settings without the test split
-    assert main(["--preset", "mini", "--split", "validation", "--n", "4", "--json"]) == 0
+    assert main(["--preset", "mini", "--split", "validation", "--n", "3", "--json"]) == 0
     v = json.loads(capsys.readouterr().out)
-    assert v["prompts"] == "validation split" and v["n_prompts"]["heldout_wording"] == 2
+    assert v["prompts"] == "validation split" and v["n_prompts"]["synonym"] == 1
 
 
-# ------------------------------------------------------------------ the mini embedding decoder
-def tiny_decoder_parts():
-    """A seeded tiny embedding decoder, VAE and text towers with projection (safe one perturbed)."""
-    from diffusers import AutoencoderKL
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
-
-    from safeclip.mini.decoder import DecoderConfig, EmbeddingDecoder
-
-    torch.manual_seed(0)
-    te = CLIPTextModelWithProjection(CLIPTextConfig(
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_size=32,
-        intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-        max_position_embeddings=16, vocab_size=49408, projection_dim=16)).eval()
-    safe = copy.deepcopy(te)
-    with torch.no_grad():
-        safe.text_model.encoder.layers[1].mlp.fc1.weight.add_(
-            0.5 * torch.randn(safe.text_model.encoder.layers[1].mlp.fc1.weight.shape))
-    dec = EmbeddingDecoder(DecoderConfig(embed_dim=16, z_dim=4, widths=(16, 8),
-                                         latent_channels=4, latent_size=8)).eval()
-    torch.manual_seed(0)
-    vae = AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3,
-                        down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4,
-                        norm_num_groups=4).eval()
-    tok = CLIPTokenizer.from_pretrained(str(MINI_MODELS / "mini-clip"), model_max_length=16)
-    return dec, vae, tok, te, safe
-
-
-@pytest.mark.parametrize("negative,guidance", [(None, 1.0), ("blurry", 3.0)])
-def test_decoder_pair_equals_each_encoder_alone(one_thread, negative, guidance):
-    from safeclip.mini.decoder import PairedEmbeddingDecoder
-
-    dec, vae, tok, te, safe = tiny_decoder_parts()
-    paired = PairedEmbeddingDecoder(dec, vae, tok, te, copy.deepcopy(safe))
-    prompt = "a red dog holding a kite"
-    a, b = paired(prompt, negative, seed=3, guidance=guidance, progress=False)
-    want_a = paired.single(te, prompt, negative, 3, guidance)
-    want_b = paired.single(safe, prompt, negative, 3, guidance)
-    def arr(im):
-        return np.asarray(im, dtype=np.int16)
-
-    assert a.size == (16, 16)
-    assert np.abs(arr(a) - arr(want_a)).max() <= 1 and np.abs(arr(b) - arr(want_b)).max() <= 1
-    assert np.abs(arr(want_a) - arr(want_b)).max() > 5  # the two encoders draw different images
-    other = paired(prompt, negative, seed=4, guidance=guidance, progress=False)[0]
-    assert np.abs(arr(other) - arr(a)).max() > 5  # the seed's noise matters
-    # the safe tower's untouched tensors are the original's
-    assert paired.shared_bytes > 0
-    assert paired.safe_text_encoder.text_model.embeddings.token_embedding.weight is \
-        te.text_model.embeddings.token_embedding.weight
-
-
-def test_decoder_save_load_round_trip(one_thread, tmp_path):
-    from safeclip.mini.decoder import EmbeddingDecoder
-
-    dec = tiny_decoder_parts()[0]
-    dec.save(tmp_path / "d")
-    back = EmbeddingDecoder.load(tmp_path / "d")
-    e, z = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1), torch.randn(3, 4)
-    want = copy.deepcopy(dec).half().float()(e, z)  # weights are stored in fp16
-    assert torch.allclose(back(e, z), want, atol=1e-5)
-    assert back.config == dec.config
-
-
-def test_text_embedder_matches_the_clip_encoder(one_thread):
-    from safeclip.encoders import load_clip
-    from safeclip.generation.text import load_text_embedder
-    from safeclip.mini.decoder import PairedEmbeddingDecoder
-
-    texts = ["a red dog holding a kite in the park", "a blue cat with a knife"]
-    from transformers import CLIPTokenizer
-    tok = CLIPTokenizer.from_pretrained(str(MINI_MODELS / "mini-clip"), model_max_length=32)
-    emb = load_text_embedder(MINI_MODELS / "mini-clip")
-    p = PairedEmbeddingDecoder.__new__(PairedEmbeddingDecoder)
-    p.tokenizer, p.decoder = tok, torch.nn.Linear(1, 1)
-    got = p.embed(emb, texts)
-    want = load_clip("mini", "clip", device="cpu").encode_text(texts)
-    assert torch.allclose(got, want, atol=1e-5)
-
-
-def test_train_gen_smoke_resumes_and_exports(one_thread, tmp_path):
+# ------------------------------------------------------------------ the mini Stable Diffusion
+def test_train_gen_smoke_resumes_exports_and_runs_the_sd_code_path(one_thread, tmp_path):
+    """A tiny mini SD trained for 3 steps: resumable, exported in the pipeline layout, loaded by
+    the diffusers-sd kind through the world, and the training checks' batched sampler gives the
+    paired pipeline's images."""
     from diffusers import AutoencoderKL
 
-    from safeclip.mini.decoder import EmbeddingDecoder
-    from safeclip.mini.gen_export import run
-    from safeclip.mini.train_gen import GenTrainConfig
+    from safeclip.generation import load_generator
+    from safeclip.mini.cache import render_split
+    from safeclip.mini.gen_export import choose_guidance, run
+    from safeclip.mini.train_gen import (
+        CONTEXT,
+        GenTrainConfig,
+        decode,
+        load_tokenizer,
+        new_scheduler,
+        one_step,
+        pipeline_noise,
+    )
+    from safeclip.mini.train_judge import train_judge
 
+    models = tmp_path / "models"
+    shutil.copytree(MINI_MODELS / "mini-clip", models / "mini-clip")
+    for name, second in (("mini-judge", False), ("mini-judge-b", True)):
+        train_judge(models / name, steps=2, eval_images=32, threads=1, second=second)
     torch.manual_seed(0)  # a tiny VAE of the right shape: 64 px -> 16 x 16 x 4
     AutoencoderKL(block_out_channels=(8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 3,
                   up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4,
                   norm_num_groups=4).save_pretrained(tmp_path / "vae")
+    render_split("train", tmp_path / "work" / "data", n=64, chunk=64)
+    render_split("validation", tmp_path / "work" / "data", n=16, chunk=16)
     cfg = GenTrainConfig(items=64, steps=3, batch=8, check_every=0, check_items=8, ckpt_every=2,
-                         guidance_grid=(1.0, 1.5), extra_wordings=1)
-    out = tmp_path / "models" / "mini-gen"
-    info = run(tmp_path / "work", out, cfg, evaluate=False, vae=tmp_path / "vae")
-    assert info["steps"] == 3 and set(info["final_check"]) >= {"clip_S_shows_object",
-                                                               "safeclip_U_unsafe"}
+                         guidance_grid=(1.0, 1.5), channels=(16, 32, 32))
+    out = models / "mini-gen"
+    info = run(tmp_path / "work", out, cfg, vae=tmp_path / "vae")
+    assert info["steps"] == 3 and info["guidance"] == choose_guidance(info["guidance_scan"])
+    assert set(info["vae_round_trip"]) >= {"V_object_recall", "b_G_scene_accuracy"}
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline" and index["text_encoder"] == [
+        None, None]
     conf = json.loads((out / "sd_config.json").read_text())
-    assert conf["kind"] == "embedding-decoder" and (out / conf["vae"] / "config.json").exists()
+    assert conf["uses_steps"] is False and conf["defaults"]["guidance"] == info["guidance"]
     assert "mini-gen" in (out / "README.md").read_text()
-    first = EmbeddingDecoder.load(out / "decoder")
-    assert first.config.z_dim == cfg.z_dim and first.config.latent_channels == 4
-    from safeclip.mini.train_gen import prepare
-    data = prepare(tmp_path / "work", cfg, tmp_path / "vae", MINI_MODELS / "mini-clip")
-    assert data["embeddings"].shape == (2, 64, 3, 128)  # 2 cached wordings + 1 extra
-    assert np.allclose(np.linalg.norm(data["embeddings"].astype(np.float32), axis=-1), 1,
-                       atol=2e-3)
-    # a second run finds the checkpoint at step 3 and the exported VAE, and exports the same
-    # weights without training
-    again = run(tmp_path / "work", out, GenTrainConfig(**cfg.__dict__), evaluate=False)
-    assert again["steps"] == 3
-    second = EmbeddingDecoder.load(out / "decoder").state_dict()
-    assert all(torch.equal(v, second[k]) for k, v in first.state_dict().items())
-    # after a Safe-CLIP change: the guidance is chosen again on validation items, and recorded
-    from safeclip.mini.gen_export import choose_guidance, rescan
-    (out / "README.md").unlink()
-    res = rescan(tmp_path / "work", out, evaluate=False)
-    assert set(res["scan"]) == set(cfg.guidance_grid)
-    assert res["guidance"] == choose_guidance(res["scan"])
-    conf = json.loads((out / "sd_config.json").read_text())
-    saved = json.loads((out / "training.json").read_text())
-    assert conf["defaults"]["guidance"] == saved["guidance"] == res["guidance"]
-    assert "re-chosen" in (out / "README.md").read_text()
+    # a second run finds the checkpoint at step 3 and exports the same weights without training
+    first = (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert run(tmp_path / "work", out, GenTrainConfig(**cfg.__dict__))["steps"] == 3
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == first
+    # the world's generator kind loads it as it loads SD 1.4, with the mini CLIP's text tower
+    gen = load_generator("mini", overrides={"sd": str(out), "clip": str(models / "mini-clip")},
+                         device="cpu", cache=False)
+    assert not gen.uses_steps and gen.defaults["guidance"] == info["guidance"]
+    res = gen.generate_pair("a red dog holding a kite in the park", seed=3, guidance=1.5,
+                            progress=False)
+    pipe = gen.paired.pipe
+    tok = load_tokenizer(models / "mini-clip")
+    ids = tok(["a red dog holding a kite in the park", ""], padding="max_length",
+              max_length=CONTEXT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        h = pipe.text_encoder(ids)[0]
+    lat = one_step(pipe.unet, new_scheduler(), pipeline_noise([3], pipe.unet.config.in_channels),
+                   h[:1], h[1:], 1.5)
+    mine = np.asarray(decode(pipe.vae, lat)[0]).astype(int)
+    assert np.abs(mine - np.asarray(res.clip.image).astype(int)).max() <= 1
 
 
-def test_guidance_is_chosen_by_the_worst_margin_to_the_bars():
+def test_guidance_is_chosen_by_the_original_columns_fidelity_alone():
     from safeclip.mini.gen_export import choose_guidance
 
-    def m(s_o, u_o, s_s, u_s):
-        return {"clip_S_shows_object": s_o, "clip_U_unsafe": u_o,
-                "safeclip_S_shows_object": s_s, "safeclip_U_unsafe": u_s}
-    scan = {1.0: m(1.0, 0.92, 0.70, 0.20),  # Safe-CLIP draws unsafe glyphs: margin -0.10
-            1.3: m(0.98, 0.92, 0.75, 0.07),  # worst margin 0.03
-            1.4: m(0.98, 0.90, 0.715, 0.04)}  # worst margin 0.015
-    assert choose_guidance(scan) == 1.3
-    assert choose_guidance({1.0: {"clip_S_shows_object": 0.9}, 2.0: {}}) == 1.0
+    scan = {1.0: {"clip_S_fidelity": 0.80, "safeclip_U_unsafe": 0.9},
+            1.5: {"clip_S_fidelity": 0.86, "safeclip_U_unsafe": 0.5},
+            2.0: {"clip_S_fidelity": 0.86, "safeclip_U_unsafe": 0.0}}
+    assert choose_guidance(scan) == 1.5  # ties go to the smaller guidance; Safe-CLIP unread
+    scan[2.0]["clip_S_fidelity"] = 0.87
+    assert choose_guidance(scan) == 2.0
 
 
 @pytest.mark.hub
@@ -401,7 +349,7 @@ def test_missing_or_unfinished_mini_generator_fails_cleanly(tmp_path):
     with pytest.raises(ModelUnavailableError, match="does not exist.*--sd PATH"):
         load_generator("mini", overrides={"sd": str(tmp_path / "typo")}, cache=False)
     (tmp_path / "sd_config.json").write_text(json.dumps({"text_encoder": {}}))
-    with pytest.raises(ModelUnavailableError, match="lacks decoder/decoder_config.json"):
+    with pytest.raises(ModelUnavailableError, match="lacks model_index.json"):
         load_generator("mini", overrides={"sd": str(tmp_path)}, cache=False)
 
 

@@ -130,7 +130,7 @@ def test_cli_presets_table_and_json(capsys):
     assert {r["name"] for r in rows} == set(list_presets())
     assert all(r["models"]["safe_clip"] == "/my/copy" for r in rows)
     mini = next(r for r in rows if r["name"] == "mini")
-    assert mini["models"]["safe_sd"] == "/my/copy" and mini["kinds"]["generation"] == "mini-decoder"
+    assert mini["models"]["safe_sd"] == "/my/copy" and mini["kinds"]["generation"] == "diffusers-sd"
 
 
 def test_cli_unknown_command_fails_cleanly(capsys):
