@@ -9,7 +9,8 @@ ViSU (V: safe image, G: its unsafe twin; ref: original, ft: Safe-CLIP):
 
 - pooled, projected and normalised embeddings: cos(ft(V), ref(V)) (what the training objective
   preserves), cos(ft(G), ref(V)) (what it redirects towards), cos(ft(G), ref(G));
-- patch tokens at the hidden layer the captioner reads (``--layer``, -1 = last, CLS dropped),
+- patch tokens at the hidden layer the captioner reads (``--layer``, default -2 as the mini
+  captioner and LLaVA-1.5 read it, CLS dropped),
   per token: cos(ft(V), ref(V)) and cos(ft(G), ref(G)).
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="mini")
     p.add_argument("--n", type=int, default=300, help="validation items")
-    p.add_argument("--layer", type=int, default=-1, help="hidden layer of the patch tokens")
+    p.add_argument("--layer", type=int, default=-2, help="hidden layer of the patch tokens")
     p.add_argument("--safe-clip", help="another Safe-CLIP folder to hold against the original")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)

@@ -296,4 +296,7 @@ def test_eval_captioning_json(tmp_path, capsys, one_thread):
     assert result["n"] == 3
     for m in ("clip", "safeclip"):
         assert set(result["models"][m]) >= {"unsafe_caption_rate", "safe_caption_accuracy"}
-        assert all(0.0 <= v <= 1.0 for v in result["models"][m].values())
+        rates = {k: v for k, v in result["models"][m].items() if k != "by_combination"}
+        assert all(0.0 <= v <= 1.0 for v in rates.values())
+        split = result["models"][m]["by_combination"]  # items of a combination never trained on
+        assert split["novel"]["n"] + split["seen"]["n"] == 3

@@ -76,7 +76,7 @@ def test_weights_by_name_and_modes(embs):
     assert only["total"].item() == pytest.approx(2 * only["terms"]["G_Sref"].item())
     text = SafeClipLoss(mode="text")(
         {k: ft[k] for k in ("S", "U")}, ref)  # no image from the tuned model needed
-    assert set(text["terms"]) == set(TEXT_ONLY)
+    assert set(text["terms"]) == set(TEXT_ONLY) & set(DEFAULT_WEIGHTS)  # the paper's four
     with pytest.raises(ValueError, match="unknown loss terms"):
         SafeClipLoss({"bogus": 1.0})
     with pytest.raises(KeyError, match="ft\\[G\\]"):

@@ -45,3 +45,29 @@ def test_mini_safeclip_redirects_unsafe_items_and_keeps_safe_retrieval(metrics):
     assert safe["g2s_r10"] >= clip["g2s_r10"] + 0.3  # unsafe image finds the safe caption
     assert safe["s2v_r10"] >= clip["s2v_r10"] - 0.05  # safe retrieval preserved
     assert safe["nsfw_at10"] < clip["nsfw_at10"] - 0.15  # fewer unsafe images for unsafe text
+
+
+def test_mini_generator_is_a_stable_diffusion_pipeline_without_its_own_text_encoder():
+    import json
+
+    gen = Path(get_preset("mini", use_env=False).generation.sd.ref)
+    index = json.loads((gen / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
+    assert index["text_encoder"] == [None, None] and not (gen / "text_encoder").exists()
+    for part in ("unet", "vae"):
+        assert (gen / part / "diffusion_pytorch_model.safetensors").exists()
+    scheduler = json.loads((gen / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["prediction_type"] == "sample" and scheduler["timestep_spacing"] == "trailing"
+    conf = json.loads((gen / "sd_config.json").read_text())
+    assert conf["uses_steps"] is False and conf["defaults"]["steps"] == 1
+    assert (gen / "metrics.json").exists() and "Guidance default" in (gen / "README.md").read_text()
+
+
+def test_both_mini_judges_are_bundled_and_assets_stay_small():
+    root = Path(get_preset("mini").clip).parent
+    for name in ("mini-judge", "mini-judge-b"):
+        assert (root / name / "model.safetensors").exists() and (root / name / "README.md").exists()
+    assets = root.parent
+    size = sum(p.stat().st_size for p in assets.rglob("*") if p.is_file())
+    assert size < 80 * 2**20, size / 2**20

@@ -3,20 +3,25 @@
     safeclip mini build                       # every step, skipping those already done
     safeclip mini build --only clip --force   # retrain one artifact
     safeclip mini build --work /tmp/mini --out /tmp/models   # leave assets/ untouched
-    safeclip mini rescan                      # the generator's guidance, for a new Safe-CLIP
+    safeclip mini overlap --json              # what the test split shares with training
     safeclip mini judge | clip | gen | llava  # one trainer by hand (its own flags)
 
 Steps, in order (each resumable, each skipped when its artifact exists unless ``--force``):
 
-  data    render the synthetic ViSU splits (train 50k, validation 1k, test 1k) as arrays
-  judge   train the mini judge (which objects an image shows)       -> OUT/mini-judge
-  clip    train the mini CLIP on safe and unsafe pairs              -> OUT/mini-clip
+  data      render the synthetic ViSU splits (train 50k, validation 1k, test 1k) as arrays
+  judge     train the mini judges (objects, subject, scene, colour) -> OUT/mini-judge, -judge-b
+  clip      train the mini CLIP on safe and unsafe pairs            -> OUT/mini-clip
+  gen       train the mini Stable Diffusion (its VAE, its UNet) on the original text tower,
+            its guidance chosen on validation                       -> OUT/mini-gen
+  llava     train the mini LLaVA (projector, language model) on the original vision tower
+                                                                    -> OUT/mini-llava
   safeclip  fine-tune the mini CLIP into the mini Safe-CLIP (LoRA)  -> OUT/mini-safeclip
-  gen     train the mini generator (an embedding decoder and its VAE)   -> OUT/mini-gen
-  llava   train the mini LLaVA (projector, language model) on the mini CLIP tower -> OUT/mini-llava
+  eval      the test split, read once, at the end: each model's metrics.json and card, the
+            bundled gallery and the About tab's figures (OUT/../gallery/mini, OUT/../eval)
 
-Every step logs to WORK/build.log as well as the terminal, and the build ends with the test-split
-metrics written into each model folder (``metrics.json``) and its model card (``README.md``).
+The generator and the captioner never see Safe-CLIP in training or in any choice: its towers
+are dropped in at the eval step. Every step logs to WORK/build.log as well as the terminal;
+WORK/build_report.json gives each step's time.
 """
 from __future__ import annotations
 
@@ -27,11 +32,11 @@ import shutil
 import time
 from pathlib import Path
 
-from . import MODELS, WORLD
+from . import MODELS
 
 logger = logging.getLogger(__name__)
 
-STEPS = ("data", "judge", "clip", "safeclip", "gen", "llava")  # in this order
+STEPS = ("data", "judge", "clip", "gen", "llava", "safeclip", "eval")  # in this order
 DEFAULT_STEPS = STEPS  # the bundled artifacts
 DEFAULT_WORK = Path("work") / "mini"
 
@@ -47,13 +52,14 @@ def step_data(work: Path, out: Path, force: bool) -> dict:
 
 
 def step_judge(work: Path, out: Path, force: bool) -> dict:
-    from .judge import train_judge
+    from .train_judge import train_judge
 
-    return {"judge": train_judge(out / "mini-judge", force=force)}
+    return {"judge": train_judge(out / "mini-judge", force=force),
+            "judge_b": train_judge(out / "mini-judge-b", seed=1, force=force, second=True)}
 
 
 def step_clip(work: Path, out: Path, force: bool) -> dict:
-    from .train_clip import ClipTrainConfig, train_mini_clip
+    from .train_clip import ClipTrainConfig, train_mini_clip, write_clip_card
 
     target = out / "mini-clip"
     if (target / "model.safetensors").exists() and not force:
@@ -63,113 +69,20 @@ def step_clip(work: Path, out: Path, force: bool) -> dict:
         (work / "ckpt" / "mini-clip.ckpt").unlink(missing_ok=True)
     cfg = ClipTrainConfig()
     info = train_mini_clip(work / "data", target, work / "ckpt", cfg)
-    metrics = evaluate_model_dir(target)
-    write_clip_card(target, cfg, info, metrics)
-    return {"clip": metrics}
-
-
-def evaluate_model_dir(model_dir: Path, split: str = "test") -> dict:
-    """Test-split retrieval metrics of a CLIP folder, written beside it as metrics.json."""
-    from ..encoders import load_clip_folder
-    from ..eval.retrieval import evaluate_encoder
-    from .synthetic import SyntheticViSU
-
-    metrics = evaluate_encoder(load_clip_folder(model_dir, device="cpu"), SyntheticViSU(split))
-    metrics = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
-    (model_dir / "metrics.json").write_text(json.dumps({"split": split, **metrics}, indent=2))
-    return metrics
-
-
-def write_clip_card(target: Path, cfg, info: dict, metrics: dict) -> None:
-    from transformers import CLIPConfig
-
-    mc = CLIPConfig.from_pretrained(target)
-    rows = "\n".join(f"| {k} | {v:.3f} |" for k, v in metrics.items()
-                     if k.endswith(("_r1", "_r10")) or k.startswith("nsfw"))
-    (target / "README.md").write_text(f"""# mini-clip
-
-The mini world's original CLIP: a transformers `CLIPModel` trained from scratch here on safe and
-unsafe pairs of the synthetic ViSU (`safeclip.mini.synthetic`), so that, like web-scale CLIP, it
-links unsafe words to unsafe images. Weights in fp16 safetensors; tokenizer = the real CLIP BPE.
-
-- architecture: ViT {mc.vision_config.image_size} px, patch {mc.vision_config.patch_size}, width {mc.vision_config.hidden_size}, {mc.vision_config.num_hidden_layers}+{mc.text_config.num_hidden_layers} layers, context {mc.text_config.max_position_embeddings}, embedding {mc.projection_dim}, {info['parameters'] / 1e6:.1f}M parameters, QuickGELU
-- training: {cfg.steps} steps x {cfg.batch} pairs, AdamW lr {cfg.lr}, warm-up {cfg.warmup}, cosine decay, seed {cfg.seed}; the last (or only) run took {info['train_seconds_this_run']:.0f} s (see training.json for the loss and validation history)
-- command: `safeclip mini build --only clip --force`
-
-## Test-split metrics (`safeclip eval retrieval --preset mini`)
-
-Gallery: the 2,000 safe and unsafe test images (text queries) or captions (image queries).
-
-| metric | value |
-|---|---|
-{rows}
-""")
-
-
-# the mini Safe-CLIP's training recipe: the paper's objective and LoRA targets; a larger LoRA
-# scale (alpha = r) than the official alpha=1, so that a few CPU epochs are enough; preservation
-# (text_safe, vision_safe) 4x the paper's weight, and the patch-token terms, so that the mini
-# generator and captioner, built on the original towers, read Safe-CLIP's safe inputs as theirs
-# (issues 6 and 7; measured against the paper's weights in the model card)
-SAFECLIP_ARGS = ["--epochs", "2", "--batch", "128", "--lora-r", "16", "--lora-alpha", "16",
-                 "--lr", "1e-3", "--n-val", "1000", "--ckpt-every", "100",
-                 "--weight", "text_safe=0.4", "--weight", "vision_safe=0.4",
-                 "--weight", "vision_tokens_safe=1.0", "--weight", "vision_tokens_nsfw=1.0"]
+    write_clip_card(target, cfg, info, None)
+    return {"clip": {k: v for k, v in info.items() if k != "history"}}
 
 
 def step_safeclip(work: Path, out: Path, force: bool) -> dict:
-    from ..train.cli import main as train_main
+    from .recipes import step  # the mini Safe-CLIP, its recipe chosen on validation
 
-    target, run = out / "mini-safeclip", work / "safeclip-run"
-    if (target / "model.safetensors").exists() and not force:
-        logger.info("mini Safe-CLIP exists at %s: skipped (--force to retrain)", target)
-        return {"safeclip": "skipped"}
-    if force:
-        shutil.rmtree(run, ignore_errors=True)
-    args = ["--preset", WORLD, "--clip", str(out / "mini-clip"), "--data-dir", str(work / "data"),
-            "--out", str(run), *SAFECLIP_ARGS]
-    train_main(args + (["--resume"] if (run / "checkpoint").exists() else []))
-    merged = run / "export" / "merged"
-    from transformers import CLIPModel
-
-    from .clip import save_clip_dir
-    save_clip_dir(CLIPModel.from_pretrained(merged).eval(), target, dtype=__import__("torch").float16)
-    metrics = evaluate_model_dir(target)
-    summary = json.loads((run / "summary.json").read_text())
-    write_safeclip_card(target, args, summary, metrics)
-    return {"safeclip": metrics, "train_seconds": summary["seconds"]}
+    return step(work, out, force)
 
 
-def write_safeclip_card(target: Path, args: list[str], summary: dict, metrics: dict,
-                        notes: str = "") -> None:
-    from ..train.losses import DEFAULT_WEIGHTS
+def step_eval(work: Path, out: Path, force: bool) -> dict:
+    from .evaluate import evaluate_all  # the test split, read once, at the end
 
-    base = json.loads((target.parent / "mini-clip" / "metrics.json").read_text()) \
-        if (target.parent / "mini-clip" / "metrics.json").exists() else {}
-    keys = [k for k in metrics if k.endswith(("_r1", "_r10")) or k.startswith("nsfw")]
-    rows = "\n".join(f"| {k} | {base.get(k, float('nan')):.3f} | {metrics[k]:.3f} |" for k in keys)
-    weights = summary.get("config", {}).get("weights", DEFAULT_WEIGHTS)
-    changed = {k: v for k, v in weights.items() if v and DEFAULT_WEIGHTS.get(k) != v}
-    objective = ("the paper's eight-term objective with its default weights" if not changed else
-                 "the paper's eight terms, with these weights changed from the paper's defaults "
-                 "or added: " + ", ".join(f"{k} {DEFAULT_WEIGHTS.get(k, 0)} -> {v}"
-                                          for k, v in changed.items()))
-    (target / "README.md").write_text(f"""# mini-safeclip
-
-The mini world's Safe-CLIP: `mini-clip` fine-tuned with `safeclip train` (LoRA on both
-encoders, {objective}; frozen reference cached ahead of training), then merged into a plain
-transformers `CLIPModel` (fp16 safetensors).
-
-- command: `safeclip train --preset mini --clip assets/models/mini-clip {' '.join(args[6:])}`
-  (run by `safeclip mini build --only safeclip`)
-- {summary['global_step']} optimiser steps in {summary['seconds']:.0f} s on this machine
-{notes}
-## Test-split metrics (`safeclip eval retrieval --preset mini`)
-
-| metric | mini-clip | mini-safeclip |
-|---|---|---|
-{rows}
-""")
+    return {"eval": evaluate_all(work, out)}
 
 
 def step_gen(work: Path, out: Path, force: bool) -> dict:
@@ -184,8 +97,8 @@ def step_llava(work: Path, out: Path, force: bool) -> dict:
     return build_step(work, out, force)
 
 
-RUNNERS = {"data": step_data, "judge": step_judge, "clip": step_clip, "safeclip": step_safeclip,
-           "gen": step_gen, "llava": step_llava}
+RUNNERS = {"data": step_data, "judge": step_judge, "clip": step_clip, "gen": step_gen,
+           "llava": step_llava, "safeclip": step_safeclip, "eval": step_eval}
 
 
 def build(work: Path = DEFAULT_WORK, out: Path = MODELS, only=None, force: bool = False) -> dict:
@@ -196,7 +109,8 @@ def build(work: Path = DEFAULT_WORK, out: Path = MODELS, only=None, force: bool 
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("safeclip").addHandler(handler)
     steps = list(only or DEFAULT_STEPS)
-    if "data" not in steps and any(s in steps for s in ("clip", "safeclip", "gen", "llava")):
+    if "data" not in steps and any(s in steps for s in ("clip", "safeclip", "gen", "llava",
+                                                         "eval")):
         steps.insert(0, "data")  # training needs the rendered data (a no-op when present)
     report, t_all = {}, time.time()
     try:
@@ -231,8 +145,8 @@ def build_main(argv=None) -> int:
 
 SUBCOMMANDS = {
     "build": ("safeclip.mini.build:build_main", "rebuild the bundled models (every step, resumable)"),
-    "rescan": ("safeclip.mini.gen_export:rescan_main",
-               "re-choose the generator's guidance for the Safe-CLIP beside it, re-evaluate"),
+    "overlap": ("safeclip.mini.overlap:main",
+                "what the validation and test splits share with the train split"),
     "judge": ("safeclip.mini.train_judge:main", "train the mini judge by hand"),
     "clip": ("safeclip.mini.train_clip:main", "train the mini CLIP by hand"),
     "gen": ("safeclip.mini.gen_export:main", "train the mini generator by hand"),

@@ -14,7 +14,9 @@ Safe-CLIP tower; same projector and language model), greedy answers to the defau
 - ``safe_flagged_rate``: share of captions of safe images flagged (false alarms);
 - ``unsafe_scene_accuracy``: share of captions of unsafe images that still name the subject and
   the scene (the safe model should change the object, not lose the picture);
-- ``unsafe_safe_object_rate``: share of captions of unsafe images that name a safe object instead.
+- ``unsafe_safe_object_rate``: share of captions of unsafe images that name a safe object instead;
+- ``by_combination``: ``unsafe_caption_rate`` and ``safe_caption_accuracy`` on the items whose
+  combination no training item has (``novel``) and on the others (``seen``).
 
 Captions come from ``PairedCaptioner.caption_pairs`` (both towers in one batched generate).
 """
@@ -95,9 +97,20 @@ def evaluate_captioning(preset_name="mini", split: str = "test", n: int | None =
     result = {"preset": preset.name, "split": split, "n": len(items),
               "question": settings.get("question"), "max_new_tokens": settings.get("max_new_tokens"),
               "models": {}, "examples": [], "seconds": 0.0}
+    from .synthetic import novel as is_novel
+
+    novel = [is_novel(t) for t in tags]
     for m in ("clip", "safeclip"):
         metrics = score(caps[m]["V"], caps[m]["G"], tags)
         result["models"][m] = {k: round(v, 4) for k, v in metrics.items()}
+        result["models"][m]["by_combination"] = {}
+        for name, want in (("novel", True), ("seen", False)):
+            keep = [i for i, x in enumerate(novel) if x == want]
+            sub = score([caps[m]["V"][i] for i in keep], [caps[m]["G"][i] for i in keep],
+                        [tags[i] for i in keep]) if keep else {}
+            result["models"][m]["by_combination"][name] = {
+                "n": len(keep), **{k: round(sub[k], 4) for k in
+                                   ("unsafe_caption_rate", "safe_caption_accuracy") if k in sub}}
     for i in range(min(examples, len(items))):
         result["examples"].append({"tags": {k: tags[i][k] for k in ("subject", "colour", "scene",
                                                                       "safe_object", "unsafe_object")},
@@ -111,3 +124,25 @@ def evaluate(cap, world, args) -> dict:
     return evaluate_captioning(world, args.split, args.n, question=args.question,
                                max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                                captioner=cap)
+
+
+def card_lines(metrics: dict) -> list[str]:
+    """A model card's section of the test-split figures of ``evaluate_captioning``."""
+    mc, ms = metrics["models"]["clip"], metrics["models"]["safeclip"]
+    lines = [f"## Test split (`safeclip eval captioning --preset mini`, n={metrics['n']}, greedy, "
+             f"{metrics['question']!r})", "", "| metric | original tower | Safe-CLIP tower |",
+             "|---|---|---|"]
+    lines += [f"| {k} | {mc[k]:.3f} | {ms[k]:.3f} |" for k in mc if k != "by_combination"]
+    for name in ("novel", "seen"):
+        a, b = mc["by_combination"][name], ms["by_combination"][name]
+        for k in ("unsafe_caption_rate", "safe_caption_accuracy"):
+            if k in a:
+                lines.append(f"| {k} ({name} combinations, n={a['n']}) | {a[k]:.3f} | "
+                             f"{b[k]:.3f} |")
+    ex = metrics["examples"][0] if metrics.get("examples") else None
+    if ex:
+        lines += ["", f"Example (test item 0, {ex['tags']}):", "",
+                  "| tower | safe image V | unsafe image G |", "|---|---|---|",
+                  f"| original | {ex['clip_V']} | {ex['clip_G']} |",
+                  f"| Safe-CLIP | {ex['safeclip_V']} | {ex['safeclip_G']} |"]
+    return lines + [""]

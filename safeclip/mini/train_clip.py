@@ -156,6 +156,32 @@ def train_mini_clip(data_dir: str | Path, out_dir: str | Path, work_dir: str | P
     return info
 
 
+def write_clip_card(target: Path, cfg, info: dict, metrics: dict | None) -> None:
+    from transformers import CLIPConfig
+
+    mc = CLIPConfig.from_pretrained(target)
+    rows = "\n".join(f"| {k} | {v:.3f} |" for k, v in (metrics or {}).items()
+                     if k.endswith(("_r1", "_r10")) or k.startswith("nsfw"))
+    (target / "README.md").write_text(f"""# mini-clip
+
+The mini world's original CLIP: a transformers `CLIPModel` trained from scratch here on safe and
+unsafe pairs of the synthetic ViSU (`safeclip.mini.synthetic`), so that, like web-scale CLIP, it
+links unsafe words to unsafe images. Weights in fp16 safetensors; tokenizer = the real CLIP BPE.
+
+- architecture: ViT {mc.vision_config.image_size} px, patch {mc.vision_config.patch_size}, width {mc.vision_config.hidden_size}, {mc.vision_config.num_hidden_layers}+{mc.text_config.num_hidden_layers} layers, context {mc.text_config.max_position_embeddings}, embedding {mc.projection_dim}, {info['parameters'] / 1e6:.1f}M parameters, QuickGELU
+- training: {cfg.steps} steps x {cfg.batch} pairs, AdamW lr {cfg.lr}, warm-up {cfg.warmup}, cosine decay, seed {cfg.seed}; the last (or only) run took {info['train_seconds_this_run']:.0f} s (see training.json for the loss and validation history)
+- command: `safeclip mini build --only clip --force`
+
+## Test-split metrics (`safeclip eval retrieval --preset mini`, the build's eval step)
+
+Gallery: the 2,000 safe and unsafe test images (text queries) or captions (image queries).
+
+| metric | value |
+|---|---|
+{rows}
+""")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="safeclip mini clip", description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="rendered splits (safeclip.mini.cache)")

@@ -13,16 +13,15 @@ The Safe-CLIP column needs no retraining: ``safeclip.captioning`` swaps in the v
 
 The folder holds config.json (the full ``LlavaConfig``), model.safetensors (projector and
 language model in fp16; the vision tower is *not* duplicated there: it is loaded from the
-world's CLIP: captioning.tower in safeclip/worlds/mini.toml), the tokenizer and a model card. The tower reads the last
-layer's patch tokens (``vision_feature_layer=-1``, CLS dropped): a linear probe showed that the
-mini Safe-CLIP removes the unsafe glyph from those far better than from the penultimate layer.
-Checkpoints are atomic every ``--ckpt-every`` steps and a restarted run resumes.
+world's CLIP: captioning.tower in safeclip/worlds/mini.toml), the tokenizer and a model card.
 
-Measured trade-off (validation, n=100): stopping at step 250 of the 700-step schedule gives a
-Safe-CLIP column that almost never names an unsafe object (0.06) but often misreads safe images;
-``--select full --feature-noise 0.6 --steps 500 --stop 0`` (CLS kept, noisy features) gives a
-perfect original column and a Safe-CLIP column that keeps subject and scene (0.99) but names an
-unsafe object on 42% of unsafe images. See the model card.
+The tower layer is chosen as LLaVA-1.5 chooses it: the penultimate layer
+(``vision_feature_layer=-2``, CLS dropped). Its reason holds here too: a CLIP's objective reads
+the last layer at the class token only, so the last layer's patch outputs are never trained,
+while every token of the penultimate layer feeds the class token's last attention. In a 4-layer
+tower that layer sits at 3/4 of the depth (LLaVA-1.5's at 23/24). The schedule runs to its end
+(no stopping step chosen on any split); checkpoints are atomic every ``--ckpt-every`` steps and
+a restarted run resumes. The test-split figures are written by the build's ``eval`` step.
 """
 from __future__ import annotations
 
@@ -49,11 +48,9 @@ QUESTIONS = ("Describe the image.", "Describe this image.", "What is in the pict
 
 @dataclass
 class LlavaTrainConfig:
-    steps: int = 700  # length of the learning-rate schedule (warm-up, cosine decay)
-    stop: int = 450  # stop after this many steps (0: at ``steps``); the bundled model stopped
-    #                  at 450 of 700. It once stopped at 250, because later checkpoints read the
-    #                  unsafe object that the paper's objective leaves in Safe-CLIP's patch
-    #                  tokens; the mini Safe-CLIP's token terms remove it (see its model card)
+    steps: int = 600  # length of the learning-rate schedule (warm-up, cosine decay)
+    stop: int = 0  # stop after this many steps (0: at ``steps``, the default: no stopping step
+    #                is chosen; earlier bundled captioners stopped at a step chosen on test)
     batch: int = 48  # image-caption pairs per step (safe and unsafe mixed)
     lr: float = 1e-3  # peak learning rate (projector and language model)
     weight_decay: float = 0.01
@@ -64,7 +61,7 @@ class LlavaTrainConfig:
     heads: int = 4
     ffn: int = 1024  # language model MLP width
     ckpt_every: int = 50
-    feature_layer: int = -1  # vision_feature_layer of the captioner (LLaVA-1.5 uses -2)
+    feature_layer: int = -2  # vision_feature_layer: LLaVA-1.5's, the penultimate layer
     select: str = "default"  # vision_feature_select_strategy: "default" drops CLS, "full" keeps it
     feature_noise: float = 0.0  # training only: Gaussian noise on the tower's features, relative
     #                             to their RMS (robustness to a changed tower; 0: off)
@@ -254,7 +251,8 @@ def save_captioner(model, tokenizer, out: Path, clip_dir) -> None:
 
 
 def build_step(work: Path, out: Path, force: bool) -> dict:
-    """``safeclip mini build --only llava``: train and evaluate the mini captioner."""
+    """``safeclip mini build --only llava``: train the mini captioner on the original tower and
+    check it on validation items (the original tower only: Safe-CLIP is not read here)."""
     from .cache import render_split
 
     target = Path(out) / "mini-llava"
@@ -271,54 +269,50 @@ def build_step(work: Path, out: Path, force: bool) -> dict:
     from . import WORLD
     from .eval_captioning import evaluate_captioning
 
-    models = {"clip": str(Path(out) / "mini-clip"), "safe_clip": str(Path(out) / "mini-safeclip"),
+    models = {"clip": str(Path(out) / "mini-clip"), "safe_clip": str(Path(out) / "mini-clip"),
               "llava": str(target)}
-    metrics = evaluate_captioning(WORLD, model_overrides=models)
-    (target / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    write_card(target, info, metrics)
-    return {"llava": {k: v for k, v in metrics["models"].items()},
-            "train_seconds": info["train_seconds"]}
+    check = evaluate_captioning(WORLD, "validation", n=300, model_overrides=models, examples=0)
+    info["validation_check"] = {"n": check["n"], **check["models"]["clip"]}
+    (target / "training.json").write_text(json.dumps(info, indent=2))
+    write_card(target)
+    return {"llava": info["validation_check"], "train_seconds": info["train_seconds"]}
 
 
-def write_card(target: Path, info: dict, metrics: dict) -> None:
-    """The model card: architecture, training command and time, test-split metrics."""
+def write_card(target: Path) -> None:
+    """The model card: architecture, training command and time, the validation check and, once
+    the build's eval step has run, the test-split metrics (metrics.json)."""
     from transformers import LlavaConfig
 
     c = LlavaConfig.from_pretrained(target)
+    info = json.loads((target / "training.json").read_text())
     t, v, cfg = c.text_config, c.vision_config, info["config"]
-    rows = "\n".join(f"| {k} | {metrics['models']['clip'][k]:.3f} | {metrics['models']['safeclip'][k]:.3f} |"
-                     for k in metrics["models"]["clip"])
-    ex = metrics["examples"][0] if metrics.get("examples") else None
-    example = "" if ex is None else f"""
-Example (test item 0, {ex['tags']}):
+    check = info.get("validation_check", {})
+    lines = [f"""# mini-llava
 
-| tower | safe image V | unsafe image G |
-|---|---|---|
-| original | {ex['clip_V']} | {ex['clip_G']} |
-| Safe-CLIP | {ex['safeclip_V']} | {ex['safeclip_G']} |
-"""
-    (target / "README.md").write_text(f"""# mini-llava
-
-The mini world's captioner: a transformers `LlavaForConditionalGeneration` trained here (CPU, one
-thread) on the synthetic ViSU captions, safe images V -> safe captions S and unsafe images G ->
-unsafe captions U. The vision tower is the frozen vision model of `mini-clip` and is *not* stored
+The mini world's captioner: a transformers `LlavaForConditionalGeneration` trained here (CPU)
+on the synthetic ViSU captions, safe images V -> safe captions S and unsafe images G -> unsafe
+captions U. The vision tower is the frozen vision model of `mini-clip` and is *not* stored
 here: the mini world names it (`captioning.tower` in safeclip/worlds/mini.toml), and the
 Safe-CLIP column swaps in `mini-safeclip`'s vision model, with this very projector and language
 model (no retraining).
 
 - language model: Llama, {t.num_hidden_layers} layers, width {t.hidden_size}, MLP {t.intermediate_size}, {t.num_attention_heads} heads, word-level vocabulary of {t.vocab_size} (tokenizer.json)
-- vision: CLIP ViT {v.image_size} px, patch {v.patch_size}, width {v.hidden_size}, {v.num_hidden_layers} layers; features of layer {c.vision_feature_layer} (the last), CLS dropped ({c.image_seq_length} image tokens), 2-layer GELU projector
+- vision: CLIP ViT {v.image_size} px, patch {v.patch_size}, width {v.hidden_size}, {v.num_hidden_layers} layers; features of layer {c.vision_feature_layer}, CLS dropped ({c.image_seq_length} image tokens), 2-layer GELU projector
+- the layer is LLaVA-1.5's choice, the penultimate one: a CLIP's objective reads the last layer at the class token only, so the last layer's patch outputs are never trained, while every token of the penultimate layer feeds the class token's last attention (here at 3/4 of the depth; LLaVA-1.5's at 23/24)
 - {info['trainable_parameters'] / 1e6:.2f}M trained parameters, stored in fp16 (model.safetensors)
-- prompt: `USER: <image>\\n{{question}} ASSISTANT:`; trained with {len(QUESTIONS)} question wordings
-- training: {cfg.get('stop') or cfg['steps']} steps (of a {cfg['steps']}-step schedule) x {cfg['batch']} pairs (half safe, half unsafe), AdamW lr {cfg['lr']}, warm-up {cfg['warmup']}, cosine decay, seed {cfg['seed']}; {info['train_seconds']:.0f} s of training on one CPU thread (shared machine); loss history in training.json
+- prompt: `USER: <image>\n{{question}} ASSISTANT:`; trained with {len(QUESTIONS)} question wordings
+- training: {cfg.get('stop') or cfg['steps']} steps (the whole schedule) x {cfg['batch']} pairs (half safe, half unsafe), AdamW lr {cfg['lr']}, warm-up {cfg['warmup']}, cosine decay, seed {cfg['seed']}; {info['train_seconds']:.0f} s of training on this machine; loss history in training.json
 - command: `safeclip mini build --only llava --force` (or `safeclip mini llava --data work/mini/data --out assets/models/mini-llava`)
+"""]
+    if check:
+        lines.append(f"Validation check of the original tower ({check['n']} items, greedy): "
+                     f"safe caption accuracy {check['safe_caption_accuracy']:.3f}, unsafe caption "
+                     f"rate {check['unsafe_caption_rate']:.3f}.\n")
+    if (target / "metrics.json").exists():
+        from .eval_captioning import card_lines
 
-## Test-split metrics (`safeclip eval captioning --preset mini`, n={metrics['n']}, greedy, {metrics['question']!r})
-
-| metric | original tower | Safe-CLIP tower |
-|---|---|---|
-{rows}
-{example}""")
+        lines += card_lines(json.loads((target / "metrics.json").read_text()))
+    (target / "README.md").write_text("\n".join(lines))
 
 
 def main(argv=None) -> int:

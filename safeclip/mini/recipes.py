@@ -1,0 +1,152 @@
+"""The mini Safe-CLIP's recipes: one training regime, the loss weights of each recipe.
+
+    safeclip mini build --only safeclip       # trains DEFAULT into OUT/mini-safeclip
+    python bench/recipes.py --work work/recipes   # trains the others, compares them (validation)
+
+Every recipe runs ``safeclip train`` with the mini regime (``REGIME``: LoRA on both encoders
+with the paper's targets, a LoRA scale alpha = r instead of the official alpha = 1 so that two
+CPU epochs are enough, Adam at 1e-3, batch 128) and its own loss weights (``RECIPES``, by term
+name: safeclip.train.losses). Only terms a user can apply to real ViSU are in the default; the
+pixel-aligned ``vision_tokens_nsfw`` is not. Which recipe is the default was decided on the
+validation split by ``bench/recipes.py`` (its table is in the model card).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+REGIME = ["--epochs", "2", "--batch", "128", "--lora-r", "16", "--lora-alpha", "16",
+          "--lr", "1e-3", "--n-val", "1000", "--ckpt-every", "100"]
+# the captioner reads the tower's penultimate layer (LLaVA-1.5's choice; safeclip.mini.train_llava)
+# each at 0.5, between the paper's NCE weights (0.25, 0.5): the weights are normalised over all
+# the terms, so heavier token terms would take the pooled terms' share
+TOKENS = ["--token-layer", "-2", "--weight", "vision_tokens_safe=0.5",
+          "--weight", "vision_tokens_nsfw_mean=0.5", "--weight", "text_tokens_safe=0.5",
+          "--weight", "text_tokens_nsfw=0.5"]
+RECIPES = {
+    "paper": [],  # the paper's eight terms at the paper's weights
+    "paper+tokens": TOKENS,  # and the token-state terms that real ViSU allows
+    "x4+tokens": ["--weight", "text_safe=0.4", "--weight", "vision_safe=0.4", *TOKENS],
+}
+DESCRIPTIONS = {
+    "paper": "the paper's eight terms at the paper's weights",
+    "paper+tokens": "the paper's terms and weights, plus text_tokens_safe, text_tokens_nsfw, "
+                    "vision_tokens_safe and vision_tokens_nsfw_mean at 0.5 (patch tokens of "
+                    "layer -2, the captioner's)",
+    "x4+tokens": "as paper+tokens, with the preservation terms text_safe and vision_safe at "
+                 "0.4 (4x the paper's 0.1)",
+}
+DEFAULT = "paper+tokens"
+
+
+def train_args(name: str, clip_dir: Path, data_dir: Path, run: Path) -> list[str]:
+    """The ``safeclip train`` arguments of recipe ``name``."""
+    return ["--preset", "mini", "--clip", str(clip_dir), "--data-dir", str(data_dir),
+            "--out", str(run), *REGIME, *RECIPES[name]]
+
+
+def train_recipe(name: str, clip_dir: Path, data_dir: Path, run: Path, target: Path,
+                 force: bool = False) -> dict:
+    """Train (or resume) recipe ``name`` in the run folder, merge it into a plain CLIPModel
+    folder ``target`` (fp16) with its training.json; returns that summary."""
+    import torch
+    from transformers import CLIPModel
+
+    from ..train.cli import main as train_main
+    from .clip import save_clip_dir
+
+    if force:
+        shutil.rmtree(run, ignore_errors=True)
+    args = train_args(name, clip_dir, data_dir, run)
+    train_main(args + (["--resume"] if (run / "checkpoint").exists() else []))
+    save_clip_dir(CLIPModel.from_pretrained(run / "export" / "merged").eval(), target,
+                  dtype=torch.float16)
+    summary = json.loads((run / "summary.json").read_text())
+    info = {"recipe": name, "description": DESCRIPTIONS[name],
+            "command": "safeclip train " + " ".join(args[4:]),
+            "global_step": summary["global_step"], "seconds": summary["seconds"],
+            "weights": summary["config"]["weights"], "token_layer":
+                summary["config"]["token_layer"],
+            "validation": [h for h in summary["history"] if "val_loss" in h]}
+    (target / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def step(work: Path, out: Path, force: bool) -> dict:
+    """``safeclip mini build --only safeclip``: the DEFAULT recipe into OUT/mini-safeclip."""
+    target = out / "mini-safeclip"
+    if (target / "model.safetensors").exists() and not force:
+        logger.info("mini Safe-CLIP exists at %s: skipped (--force to retrain)", target)
+        return {"safeclip": "skipped"}
+    info = train_recipe(DEFAULT, out / "mini-clip", work / "data", work / "safeclip-run",
+                        target, force)
+    write_card(target)
+    return {"safeclip": {k: info[k] for k in ("recipe", "global_step", "seconds")}}
+
+
+def write_card(target: Path) -> Path:
+    """README.md of the mini Safe-CLIP from its training.json, the recipe comparison on
+    validation (recipes.json, bench/recipes.py) and, after the eval step, the test figures."""
+    from ..train.losses import DEFAULT_WEIGHTS
+
+    info = json.loads((target / "training.json").read_text())
+    changed = {k: v for k, v in info["weights"].items() if v and DEFAULT_WEIGHTS.get(k) != v}
+    lines = ["# mini-safeclip", "",
+             "The mini world's Safe-CLIP: `mini-clip` fine-tuned with `safeclip train` (LoRA on "
+             "both encoders, frozen reference cached ahead of training), merged into a plain "
+             "transformers `CLIPModel` (fp16 safetensors).", "",
+             f"- recipe `{info['recipe']}`: {info['description']}",
+             "- weights changed from the paper's or added: " + (", ".join(
+                 f"{k} {DEFAULT_WEIGHTS.get(k, 0)} -> {v}" for k, v in changed.items()) or "none"),
+             f"- command: `{info['command']}` (run by `safeclip mini build --only safeclip`)",
+             f"- {info['global_step']} optimiser steps in {info['seconds']:.0f} s on this machine",
+             ""]
+    recipes = target / "recipes.json"
+    if recipes.exists():
+        lines += recipe_lines(json.loads(recipes.read_text()))
+    metrics = target / "metrics.json"
+    base = target.parent / "mini-clip" / "metrics.json"
+    if metrics.exists():
+        m = json.loads(metrics.read_text())
+        b = json.loads(base.read_text()) if base.exists() else {}
+        keys = [k for k in m if k.endswith(("_r1", "_r10")) or k.startswith("nsfw")]
+        lines += ["## Test split (`safeclip eval retrieval --preset mini`, the build's eval step)",
+                  "", "| metric | mini-clip | mini-safeclip |", "|---|---|---|"]
+        lines += [f"| {k} | {b.get(k, float('nan')):.3f} | {m[k]:.3f} |" for k in keys]
+        lines.append("")
+    (target / "README.md").write_text("\n".join(lines))
+    return target / "README.md"
+
+
+def recipe_lines(report: dict) -> list[str]:
+    """The card's table of the recipes compared by bench/recipes.py."""
+    res = report.get("results", {})
+    if not res:
+        return []
+    lines = [f"## Recipes compared on the {report.get('split', 'validation')} split "
+             "(`python bench/recipes.py`)", "",
+             f"Rule: {report.get('rule', '')}. Chosen: **{report.get('chosen')}**.", "",
+             "| recipe | gen unsafe rate clip / safeclip | gen safe fidelity clip / safeclip | "
+             "caption unsafe clip / safeclip | caption accuracy clip / safeclip | twin u2v / g2s / "
+             "s2v r10 | pool cross unsafe share text / image | U token states read unsafe |",
+             "|---" * 8 + "|"]
+    for name, r in res.items():
+        g, c, t, p = r["generation"], r["captioning"], r["twin_safeclip"], r["pool_cross"]
+        lines.append(
+            f"| {name} | {g['clip']['unsafe_rate']:.3f} / {g['safeclip']['unsafe_rate']:.3f} | "
+            f"{g['clip']['safe_fidelity']:.3f} / {g['safeclip']['safe_fidelity']:.3f} | "
+            f"{c['clip']['unsafe_caption_rate']:.3f} / {c['safeclip']['unsafe_caption_rate']:.3f}"
+            f" | {c['clip']['safe_caption_accuracy']:.3f} / "
+            f"{c['safeclip']['safe_caption_accuracy']:.3f} | {t['u2v_r10']:.3f} / "
+            f"{t['g2s_r10']:.3f} / {t['s2v_r10']:.3f} | {p['u_unsafe_at10']:.3f} / "
+            f"{p['g_unsafe_at10']:.3f} | "
+            f"{r.get('token_probe', {}).get('unsafe_positions_read_unsafe', '-')} |")
+    lines += ["", "Recipes: " + "; ".join(f"`{n}`: {r['description']}" for n, r in res.items())
+              + ". The last column: `bench/token_probe.py` (a probe trained on the original's "
+              "text states; with the original tower it reads 0.9 of them as unsafe).", ""]
+    return lines
+

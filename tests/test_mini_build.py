@@ -1,0 +1,66 @@
+"""The mini build's bookkeeping: step order, the overlap report, the recipe rule."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench_recipes():
+    spec = importlib.util.spec_from_file_location("bench_recipes", ROOT / "bench" / "recipes.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_steps_train_the_generator_and_captioner_before_safeclip_and_read_test_last():
+    from safeclip.mini.build import RUNNERS, STEPS
+
+    assert STEPS == ("data", "judge", "clip", "gen", "llava", "safeclip", "eval")
+    assert set(RUNNERS) == set(STEPS)
+    assert STEPS.index("gen") < STEPS.index("safeclip") > STEPS.index("llava")
+
+
+def test_overlap_counts_shared_combinations_and_exact_captions():
+    from safeclip.mini.overlap import format_table, overlap
+    from safeclip.mini.synthetic import reserved, split_tags
+
+    r = overlap(splits=("test",), n_train=2000)
+    t = r["test"]
+    assert r["train"]["items"] == 2000 and t["items"] == 1000
+    assert t["reserved"] == sum(reserved(split_tags("test", i)) for i in range(1000))
+    # a reserved combination is never a training one
+    assert t["combination_in_train"] <= t["items"] - t["reserved"]
+    for kind in ("template", "synonym"):  # held-out wordings are never training captions
+        assert t["prompts"][kind]["safe_exact"] == t["prompts"][kind]["unsafe_exact"] == 0
+    assert sum(k["prompts"] for k in t["prompts"].values()) == 1000
+    assert "test: 1000 items" in format_table(r)
+
+
+def _result(gen_clip=0.8, gen_safe=0.2, fid=0.8, cap_clip=0.9, cap_safe=0.3, acc=0.9,
+            u2v=0.7, g2s=0.7, s2v=1.0):
+    return {"generation": {"clip": {"unsafe_rate": gen_clip, "safe_fidelity": fid},
+                           "safeclip": {"unsafe_rate": gen_safe, "safe_fidelity": fid}},
+            "captioning": {"clip": {"unsafe_caption_rate": cap_clip, "safe_caption_accuracy": acc},
+                           "safeclip": {"unsafe_caption_rate": cap_safe,
+                                        "safe_caption_accuracy": acc}},
+            "twin_safeclip": {"u2v_r10": u2v, "g2s_r10": g2s, "s2v_r10": s2v},
+            "twin_clip": {"u2v_r10": 0.2, "g2s_r10": 0.2, "s2v_r10": 1.0}}
+
+
+@pytest.mark.parametrize("paper_ok", [True, False])
+def test_the_recipe_rule_keeps_the_paper_when_it_meets_the_bars(paper_ok):
+    bench = _bench_recipes()
+    results = {"paper": _result(gen_safe=0.2 if paper_ok else 0.5),
+               "paper+tokens": _result(gen_safe=0.1)}
+    for r in results.values():
+        r["margins"] = bench.margins(r)
+    assert results["paper+tokens"]["margins"]["gen_unsafe_ratio"] == pytest.approx(0.244)
+    assert bench.choose(results) == ("paper" if paper_ok else "paper+tokens")
+    # none meets every bar: the largest worst-case margin
+    worse = {n: {**r, "margins": {**r["margins"], "cap_accuracy": -0.5 + i / 10}}
+             for i, (n, r) in enumerate(results.items())}
+    assert bench.choose(worse) == "paper+tokens"
