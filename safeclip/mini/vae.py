@@ -77,6 +77,7 @@ def train_vae(train: dict, ckpt_dir: Path, cfg: VaeTrainConfig, val: dict | None
               models=None):
     """Train (or resume) the VAE; ``models``: the folder of the mini judge that the perceptual
     loss and the checks read (default: the bundled one)."""
+    Path(ckpt_dir).mkdir(parents=True, exist_ok=True)
     vae = new_vae(cfg).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     ckpt, step = ckpt_dir / "vae.ckpt", 0
