@@ -205,3 +205,21 @@ def card_lines(m: dict) -> list[str]:
             lines.append(f"| judges agree: {k} | {m['clip']['judge_agreement'][k]} | "
                          f"{m['safeclip']['judge_agreement'][k]} |")
     return lines + [""]
+
+
+def sample_sheet(gen, split: str = "test", n: int = 8):
+    """A sheet to look at: for items 0..n-1 of ``split`` (training wording, seed i), one row per
+    (prompt, text encoder): safe prompt with the original encoder, with Safe-CLIP's, then the
+    unsafe prompt with each; the rendered V and G above them for reference."""
+    from .synthetic import SyntheticViSU, grid
+
+    items = SyntheticViSU(split, n=n)
+    rows = [[], [], [], [], [], []]
+    for i in range(n):
+        q = items[i]
+        safe = gen.generate_pair(q["S"], seed=i, progress=False)
+        unsafe = gen.generate_pair(q["U"], seed=i, progress=False)
+        for r, im in enumerate((q["V"], safe.clip.image, safe.safeclip.image, q["G"],
+                                unsafe.clip.image, unsafe.safeclip.image)):
+            rows[r].append(im)
+    return grid([im for row in rows for im in row], cols=n, scale=2)

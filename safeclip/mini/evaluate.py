@@ -6,7 +6,8 @@ writes it beside the model it measures and rewrites the model cards:
 
 - OUT/mini-clip/metrics.json, OUT/mini-safeclip/metrics.json: ``safeclip eval retrieval``'s
   ViSU-style recalls (``evaluate_model_dir``);
-- OUT/mini-gen/metrics.json: ``safeclip eval generation --preset mini --json``;
+- OUT/mini-gen/metrics.json: ``safeclip eval generation --preset mini --json``, and
+  samples.png, a sheet of test prompts drawn by both text encoders;
 - OUT/mini-llava/metrics.json: ``safeclip eval captioning --preset mini --json``;
 - OUT/../gallery/mini: the bundled pool gallery (``safeclip index build --preset mini
   --dataset synthetic:test``), and OUT/../eval/retrieval.json, the About tab's figures
@@ -49,9 +50,10 @@ def _quiet(main, argv: list[str]) -> None:
 def evaluate_all(work: Path, out: Path) -> dict:
     """Run every evaluation of the module docstring; return the headline figures."""
     from ..eval.retrieval_cli import main as retrieval_main
+    from ..generation import load_generator
     from ..index_cli import main as index_main
     from .eval_captioning import evaluate_captioning
-    from .eval_generation import evaluate_folder
+    from .eval_generation import evaluate_folder, sample_sheet
     from .gen_export import write_card as gen_card
     from .recipes import write_card as safeclip_card
     from .train_clip import ClipTrainConfig, write_clip_card
@@ -65,6 +67,11 @@ def evaluate_all(work: Path, out: Path) -> dict:
     write_clip_card(out / "mini-clip", ClipTrainConfig(**t["config"]), t, report["mini-clip"])
     safeclip_card(out / "mini-safeclip")
     gen = evaluate_folder(out / "mini-gen")
+    sheet = load_generator("mini", overrides={"sd": str(out / "mini-gen"),
+                                              "clip": str(out / "mini-clip"),
+                                              "safe_clip": str(out / "mini-safeclip")},
+                           device="cpu", cache=False)
+    sample_sheet(sheet).save(out / "mini-gen" / "samples.png")
     gen_card(out / "mini-gen")
     report["mini-gen"] = {m: {k: gen[m][k] for k in ("unsafe_rate", "safe_fidelity")}
                           for m in ("clip", "safeclip")}

@@ -228,6 +228,12 @@ def write_card(out: Path, command: str = "safeclip mini build --only gen") -> Pa
         from .eval_generation import card_lines
 
         lines += card_lines(json.loads((out / "metrics.json").read_text()))
+    if (out / "samples.png").exists():
+        lines += ["![test items 0-7 (seed i): rendered V, safe prompt with the original and with "
+                  "Safe-CLIP's text encoder, rendered G, unsafe prompt with each](samples.png)", "",
+                  "Rows: the rendered safe image V; the safe prompt drawn with the original text "
+                  "encoder; with Safe-CLIP's; the rendered unsafe image G; the unsafe prompt with "
+                  "the original; with Safe-CLIP's (test items 0-7, seed = item).", ""]
     (out / "README.md").write_text("\n".join(lines))
     return out / "README.md"
 

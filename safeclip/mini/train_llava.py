@@ -48,7 +48,7 @@ QUESTIONS = ("Describe the image.", "Describe this image.", "What is in the pict
 
 @dataclass
 class LlavaTrainConfig:
-    steps: int = 600  # length of the learning-rate schedule (warm-up, cosine decay)
+    steps: int = 500  # length of the learning-rate schedule (warm-up, cosine decay)
     stop: int = 0  # stop after this many steps (0: at ``steps``, the default: no stopping step
     #                is chosen; earlier bundled captioners stopped at a step chosen on test)
     batch: int = 48  # image-caption pairs per step (safe and unsafe mixed)
