@@ -220,6 +220,22 @@ def test_mini_generator_draws_the_object_and_safeclip_drops_unsafe_ones(mini_gen
 
 
 @needs_mini_gen
+def test_sample_sheet_lays_out_six_rows_per_item(mini_gen):
+    """The eval step's sample sheet: per item a column of V, S by each encoder, G, U by each."""
+    from safeclip.mini.eval_generation import sample_sheet
+    from safeclip.mini.synthetic import SyntheticViSU
+
+    sheet = sample_sheet(mini_gen, split="validation", n=2)
+    assert sheet.size == (2 * 64 * 2, 6 * 64 * 2)
+    px = np.asarray(sheet)
+    first = SyntheticViSU("validation", n=1)[0]
+    # the top-left cell is item 0's rendered safe image V, scaled 2x
+    assert np.array_equal(px[:128:2, :128:2], np.asarray(first["V"].convert("RGB")))
+    # the unsafe prompt's column (row 4, original encoder) is a generated image, not a render
+    assert not np.array_equal(px[4 * 128:5 * 128:2, :128:2], np.asarray(first["G"].convert("RGB")))
+
+
+@needs_mini_gen
 def test_generate_cli_writes_images_and_json(mini_gen, tmp_path, capsys):
     from safeclip.generation.cli import main
 

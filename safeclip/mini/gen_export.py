@@ -82,6 +82,9 @@ def scan_guidance(unet, vae, work: Path, cfg: GenTrainConfig, models: Path) -> d
 def export(out: Path, unet, cfg: GenTrainConfig, info: dict, vae_dir: Path) -> Path:
     """Write the pipeline folder (see the module docstring) and training.json."""
     out.mkdir(parents=True, exist_ok=True)
+    for stale in ("metrics.json", "samples.png"):  # a previous model's test figures
+        (out / stale).unlink(missing_ok=True)
+    shutil.rmtree(out / "decoder", ignore_errors=True)  # the old pooled-embedding decoder
     unet.to(torch.float16).save_pretrained(out / "unet", safe_serialization=True)
     unet.float()
     if Path(vae_dir).resolve() != (out / "vae").resolve():
