@@ -264,6 +264,7 @@ def build_step(work: Path, out: Path, force: bool) -> dict:
         (work / "ckpt" / "mini-llava.ckpt").unlink(missing_ok=True)
     for split in ("validation", "test", "train"):
         render_split(split, work / "data")
+    (target / "metrics.json").unlink(missing_ok=True)  # a previous captioner's test figures
     cfg = LlavaTrainConfig()
     info = train_mini_llava(work / "data", target, work / "ckpt", Path(out) / "mini-clip", cfg)
     from . import WORLD
