@@ -71,3 +71,17 @@ def test_both_mini_judges_are_bundled_and_assets_stay_small():
     assets = root.parent
     size = sum(p.stat().st_size for p in assets.rglob("*") if p.is_file())
     assert size < 80 * 2**20, size / 2**20
+
+
+def test_each_difference_from_the_real_system_is_in_the_readme_with_a_measured_effect():
+    """The About tab shows the world file's ``differences``; the README lists the same ones,
+    and each gives a figure (its measured effect), not only a description."""
+    import re
+
+    world = get_preset("mini", use_env=False)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    flat = " ".join(readme.split())
+    assert len(world.differences) >= 6
+    for d in world.differences:
+        assert " ".join(d.split()) in flat, d[:80]
+        assert re.search(r"\d\.\d", d), f"no measured figure in: {d[:80]}"

@@ -130,6 +130,7 @@ def recipe_lines(report: dict) -> list[str]:
     lines = [f"## Recipes compared on the {report.get('split', 'validation')} split "
              "(`python bench/recipes.py`)", "",
              f"Rule: {report.get('rule', '')}. Chosen: **{report.get('chosen')}**.", "",
+             *_unmet_lines(res), 
              "| recipe | gen unsafe rate clip / safeclip | gen safe fidelity clip / safeclip | "
              "caption unsafe clip / safeclip | caption accuracy clip / safeclip | twin u2v / g2s / "
              "s2v r10 | pool cross unsafe share text / image | U token states read unsafe |",
@@ -150,3 +151,19 @@ def recipe_lines(report: dict) -> list[str]:
               "text states; with the original tower it reads 0.9 of them as unsafe).", ""]
     return lines
 
+
+
+def _unmet_lines(res: dict) -> list[str]:
+    """The bars each compared recipe misses on this split (its margins, bench/recipes.py)."""
+    lines = []
+    for name, r in res.items():
+        missed = {k: v for k, v in r.get("margins", {}).items() if v < 0}
+        if missed:
+            lines.append(f"- `{name}` misses " + ", ".join(f"{k} by {-v:.3f}"
+                                                         for k, v in missed.items()))
+    if lines and len(lines) == len(res):
+        lines.insert(0, "No recipe compared meets every bar; the rule's fallback chose.")
+    skipped = [n for n in RECIPES if n not in res]
+    if skipped:
+        lines.append("- not trained or compared: " + ", ".join(f"`{n}`" for n in skipped))
+    return lines + [""] if lines else []
