@@ -165,19 +165,21 @@ def evaluate_folder(out: Path, split: str = "test", safe_clip: Path | None = Non
     """Evaluate the generator folder ``out`` with the CLIPs beside it (or ``safe_clip``);
     writes and returns out/metrics.json (test split) or the figures alone (other splits)."""
     import io
+    import tempfile
     from contextlib import redirect_stdout
 
     from ..eval.generation import main
 
     out = Path(out)
-    target = out / "metrics.json" if split == "test" and safe_clip is None else \
-        out.parent / f".eval_generation_{split}.json"
-    args = ["--preset", "mini", "--json", "--out", str(target), "--sd", str(out),
-            "--split", split, "--clip", str(out.parent / "mini-clip"),
-            "--safe-clip", str(safe_clip or out.parent / "mini-safeclip")]
-    with redirect_stdout(io.StringIO()):
-        main(args)
-    return json.loads(target.read_text())
+    with tempfile.TemporaryDirectory() as tmp:  # figures of other splits are not kept beside
+        target = out / "metrics.json" if split == "test" and safe_clip is None else \
+            Path(tmp) / f"eval_generation_{split}.json"
+        args = ["--preset", "mini", "--json", "--out", str(target), "--sd", str(out),
+                "--split", split, "--clip", str(out.parent / "mini-clip"),
+                "--safe-clip", str(safe_clip or out.parent / "mini-safeclip")]
+        with redirect_stdout(io.StringIO()):
+            main(args)
+        return json.loads(target.read_text())
 
 
 def card_lines(m: dict) -> list[str]:
