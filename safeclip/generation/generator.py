@@ -120,6 +120,8 @@ class PairedGenerator:
             if negative_prompt:
                 self._truncation(negative_prompt, "negative prompt", warnings)
         d, lim = self.defaults, self.limits
+        if steps is not None:  # out of range is refused even where the setting is not used
+            lim["steps"].check(steps)
         if steps is None or not self.uses_steps:  # a one-step generator ignores a steps setting
             steps = d["steps"]
         values = {"seed": lim["seed"].check(seed),
