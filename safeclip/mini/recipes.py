@@ -40,7 +40,8 @@ DESCRIPTIONS = {
     "x4+tokens": "as paper+tokens, with the preservation terms text_safe and vision_safe at "
                  "0.4 (4x the paper's 0.1)",
 }
-DEFAULT = "paper+tokens"
+DEFAULT = "paper+tokens"  # bench/recipes.py's pick on validation (recipes.json): no recipe met
+#                            every bar; the rule's fallback, the largest worst-case margin
 
 
 def train_args(name: str, clip_dir: Path, data_dir: Path, run: Path) -> list[str]:
@@ -130,7 +131,7 @@ def recipe_lines(report: dict) -> list[str]:
     lines = [f"## Recipes compared on the {report.get('split', 'validation')} split "
              "(`python bench/recipes.py`)", "",
              f"Rule: {report.get('rule', '')}. Chosen: **{report.get('chosen')}**.", "",
-             *_unmet_lines(res), 
+             *_unmet_lines(res),
              "| recipe | gen unsafe rate clip / safeclip | gen safe fidelity clip / safeclip | "
              "caption unsafe clip / safeclip | caption accuracy clip / safeclip | twin u2v / g2s / "
              "s2v r10 | pool cross unsafe share text / image | U token states read unsafe |",
@@ -150,7 +151,6 @@ def recipe_lines(report: dict) -> list[str]:
               + ". The last column: `bench/token_probe.py` (a probe trained on the original's "
               "text states; with the original tower it reads 0.9 of them as unsafe).", ""]
     return lines
-
 
 
 def _unmet_lines(res: dict) -> list[str]:
