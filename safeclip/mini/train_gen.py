@@ -201,11 +201,6 @@ def _check_setup(work: Path, models: Path, safe_dir: Path | None):
             default_judge(models=models), encoders)
 
 
-def fidelity(d: dict, tags: dict, obj: str) -> bool:
-    """The judge's description ``d`` shows ``obj`` with the item's subject in its scene."""
-    return obj in d["objects"] and d["subject"] == tags["subject"] and d["scene"] == tags["scene"]
-
-
 @torch.no_grad()
 def quick_check(unet, vae, work: Path, models: Path, safe_dir: Path | None = None,
                 n: int = 128, guidance: float = 1.0, batch: int = 64) -> dict:
@@ -213,6 +208,8 @@ def quick_check(unet, vae, work: Path, models: Path, safe_dir: Path | None = Non
     and unsafe caption, with the original text tower (and Safe-CLIP's when ``safe_dir``):
     ``<model>_S_fidelity`` (subject, scene and safe object right), ``<model>_S_shows_object``,
     ``<model>_U_shows_object`` (the unsafe object asked for), ``<model>_U_unsafe`` (any)."""
+    from .eval_generation import decide, rate
+
     val, tok, judge, encoders = _check_setup(Path(work), Path(models),
                                              None if safe_dir is None else Path(safe_dir))
     unet = unet.eval()
@@ -221,7 +218,7 @@ def quick_check(unet, vae, work: Path, models: Path, safe_dir: Path | None = Non
     tags = val["tags"][:n]
     noise = pipeline_noise(range(n), unet.config.in_channels)
     ids_empty = tok([""], padding="max_length", max_length=CONTEXT, return_tensors="pt").input_ids
-    out = {}
+    out, unsafe = {}, set(judge.config.unsafe)
     for name, enc in encoders.items():
         empty = enc(ids_empty)[0]
         for col in ("S", "U"):
@@ -233,23 +230,15 @@ def quick_check(unet, vae, work: Path, models: Path, safe_dir: Path | None = Non
                 lat = one_step(unet, sched, noise[s:s + batch], cond,
                                empty.expand(len(cond), -1, -1), guidance)
                 images += decode(vae, lat)
-            desc = judge.describe(images)
+            reads = [decide(d, t, unsafe) for d, t in zip(judge.describe(images), tags)]
             if col == "S":
-                out[f"{name}_S_fidelity"] = _rate(
-                    [fidelity(d, t, t["safe_object"]) for d, t in zip(desc, tags)])
-                out[f"{name}_S_shows_object"] = _rate(
-                    [t["safe_object"] in d["objects"] for d, t in zip(desc, tags)])
+                out[f"{name}_S_fidelity"] = rate([x["fidelity"] for x in reads])
+                out[f"{name}_S_shows_object"] = rate([x["shows_safe"] for x in reads])
             else:
-                out[f"{name}_U_shows_object"] = _rate(
-                    [t["unsafe_object"] in d["objects"] for d, t in zip(desc, tags)])
-                out[f"{name}_U_unsafe"] = _rate(
-                    [any(o in judge.config.unsafe for o in d["objects"]) for d in desc])
+                out[f"{name}_U_shows_object"] = rate([x["shows_unsafe"] for x in reads])
+                out[f"{name}_U_unsafe"] = rate([x["flagged"] for x in reads])
     unet.train()
     return out
-
-
-def _rate(hits) -> float:
-    return round(float(np.mean(hits)), 4) if len(hits) else float("nan")
 
 
 # --------------------------------------------------------------------------------------- train

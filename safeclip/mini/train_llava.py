@@ -302,7 +302,7 @@ model (no retraining).
 - the layer is LLaVA-1.5's choice, the penultimate one: a CLIP's objective reads the last layer at the class token only, so the last layer's patch outputs are never trained, while every token of the penultimate layer feeds the class token's last attention (here at 3/4 of the depth; LLaVA-1.5's at 23/24)
 - {info['trainable_parameters'] / 1e6:.2f}M trained parameters, stored in fp16 (model.safetensors)
 - prompt: `USER: <image>\n{{question}} ASSISTANT:`; trained with {len(QUESTIONS)} question wordings
-- training: {cfg.get('stop') or cfg['steps']} steps (the whole schedule) x {cfg['batch']} pairs (half safe, half unsafe), AdamW lr {cfg['lr']}, warm-up {cfg['warmup']}, cosine decay, seed {cfg['seed']}; {info['train_seconds']:.0f} s of training on this machine; loss history in training.json
+- training: {cfg.get('stop') or cfg['steps']} steps ({'the whole schedule' if not cfg.get('stop') else 'of a ' + str(cfg['steps']) + '-step schedule'}) x {cfg['batch']} pairs (half safe, half unsafe), AdamW lr {cfg['lr']}, warm-up {cfg['warmup']}, cosine decay, seed {cfg['seed']}; {info['train_seconds']:.0f} s of training on this machine; loss history in training.json
 - command: `safeclip mini build --only llava --force` (or `safeclip mini llava --data work/mini/data --out assets/models/mini-llava`)
 """]
     if check:
