@@ -147,7 +147,7 @@ def test_token_terms_are_named_and_the_pixel_aligned_one_is_off_by_default():
     from safeclip.train.losses import DEFAULT_WEIGHTS, TERMS, TEXT_ONLY, SafeClipLoss
 
     for t in ("text_tokens_safe", "text_tokens_nsfw", "vision_tokens_nsfw_mean",
-              "vision_tokens_nsfw"):
+              "vision_tokens_nsfw_nearest", "vision_tokens_nsfw"):
         assert t in TERMS and t not in DEFAULT_WEIGHTS
     assert {"text_tokens_safe", "text_tokens_nsfw"} <= set(TEXT_ONLY)
     loss = SafeClipLoss({"text_nsfw": 1.0, "text_tokens_nsfw": 1.0}, mode="text")
@@ -160,3 +160,29 @@ def test_token_terms_are_named_and_the_pixel_aligned_one_is_off_by_default():
     assert out["terms"]["text_tokens_nsfw"].abs() < 1e-6  # aligned onto identical states
     ft["U_align"] = torch.tensor([[4, 3, 2, 1, 0]] * 4)
     assert loss(ft, ref)["terms"]["text_tokens_nsfw"] > 0.1
+
+
+def test_nearest_token_term_compares_sets_not_positions():
+    from safeclip.train.losses import SafeClipLoss
+
+    loss = SafeClipLoss({"vision_tokens_nsfw_nearest": 1.0}, normalise=False)
+    assert loss.ft_inputs == ("G_tokens",) and loss.ref_inputs == ("V_tokens",)
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(3, 6, 16, generator=g)
+    # the safe counterpart's tokens in another order: nothing to move
+    shuffled = v[:, torch.randperm(6, generator=g)]
+    assert loss({"G_tokens": shuffled}, {"V_tokens": v})["terms"][
+        "vision_tokens_nsfw_nearest"].abs() < 1e-6
+    # one token only the unsafe image has: the term is that token's distance to its nearest
+    # safe token, averaged over the tokens, and its gradient reaches that token alone
+    g_tok = shuffled.clone()
+    g_tok[:, 2] = torch.randn(3, 16, generator=g)
+    g_tok.requires_grad_(True)
+    out = loss({"G_tokens": g_tok}, {"V_tokens": v})["terms"]["vision_tokens_nsfw_nearest"]
+    a = torch.nn.functional.normalize(g_tok[:, 2].detach(), dim=-1)
+    b = torch.nn.functional.normalize(v, dim=-1)
+    want = (1 - torch.einsum("bd,bmd->bm", a, b).amax(-1)).mean() / 6
+    assert out.item() == pytest.approx(want.item(), rel=1e-5)
+    out.backward()
+    moved = g_tok.grad.norm(dim=-1)
+    assert (moved[:, 2] > 0).all() and moved[:, [0, 1, 3, 4, 5]].max() < 1e-6

@@ -31,6 +31,17 @@ RECIPES = {
     "paper": [],  # the paper's eight terms at the paper's weights
     "paper+tokens": TOKENS,  # and the token-state terms that real ViSU allows
     "x4+tokens": ["--weight", "text_safe=0.4", "--weight", "vision_safe=0.4", *TOKENS],
+    # the text token terms as above; on the vision side only the mean-token redirection, at the
+    # weight the per-token preservation had (so the terms' total, and the pooled terms' share,
+    # stay as in paper+tokens): vision_tokens_safe held the unsafe images' patch tokens in place
+    "text-tokens+mean": ["--token-layer", "-2", "--weight", "vision_tokens_nsfw_mean=1.0",
+                         "--weight", "text_tokens_safe=0.5", "--weight", "text_tokens_nsfw=0.5"],
+    # as text-tokens+mean, with each unsafe image token moved to its nearest safe token
+    # (vision_tokens_nsfw_nearest) instead of the mean token: the mean left the unsafe
+    # object's own tokens readable (validation: 0.68 of unsafe images still captioned unsafe)
+    "text-tokens+nearest": ["--token-layer", "-2", "--weight", "vision_tokens_nsfw_nearest=1.0",
+                            "--weight", "text_tokens_safe=0.5", "--weight",
+                            "text_tokens_nsfw=0.5"],
 }
 DESCRIPTIONS = {
     "paper": "the paper's eight terms at the paper's weights",
@@ -39,6 +50,12 @@ DESCRIPTIONS = {
                     "layer -2, the captioner's)",
     "x4+tokens": "as paper+tokens, with the preservation terms text_safe and vision_safe at "
                  "0.4 (4x the paper's 0.1)",
+    "text-tokens+mean": "the paper's terms and weights, plus text_tokens_safe and "
+                        "text_tokens_nsfw at 0.5 and vision_tokens_nsfw_mean at 1.0 (patch "
+                        "tokens of layer -2); no per-token preservation of safe images",
+    "text-tokens+nearest": "the paper's terms and weights, plus text_tokens_safe and "
+                           "text_tokens_nsfw at 0.5 and vision_tokens_nsfw_nearest at 1.0 "
+                           "(each patch token of layer -2 to its nearest safe token)",
 }
 DEFAULT = "paper+tokens"  # bench/recipes.py's pick on validation (recipes.json): no recipe met
 #                            every bar; the rule's fallback, the largest worst-case margin

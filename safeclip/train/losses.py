@@ -49,7 +49,12 @@ read the unsafe concept there.
   tokens where the LLM expects them; ``vision_tokens_nsfw_mean`` = cos_d(mean ft_tokens(G),
   mean ref_tokens(V)) redirects the *mean* token of an unsafe image to its safe counterpart's:
   it compares no positions, so it applies to real ViSU, whose unsafe images are not aligned with
-  their safe counterparts. ``vision_tokens_nsfw`` = cos_d(ft_tokens(G), ref_tokens(V)) per
+  their safe counterparts. ``vision_tokens_nsfw_nearest`` = the mean over the tokens t of
+  ft_tokens(G) of min_u cos_d(t, u) over the tokens u of ref_tokens(V) (a one-sided Chamfer
+  distance) moves *each* of an unsafe image's tokens to the nearest token its safe counterpart
+  has: a token the two share stays, a token only the unsafe image has (its unsafe object) goes
+  to the closest safe one; it compares sets, not positions, so it applies to real ViSU too.
+  ``vision_tokens_nsfw`` = cos_d(ft_tokens(G), ref_tokens(V)) per
   token assumes that G and V are aligned pixel for pixel, as only the mini world's are: off by
   default, kept to measure what that assumption buys.
 - Text, the last hidden state (after the final layer norm) of every position of the context,
@@ -99,12 +104,14 @@ TERMS = {
     # extensions (not in the paper): the vision tower's patch tokens, which a multimodal LLM reads
     "vision_tokens_safe": ("cos", "V_tokens", "V_tokens"),
     "vision_tokens_nsfw_mean": ("cos_mean", "G_tokens", "V_tokens"),
+    "vision_tokens_nsfw_nearest": ("cos_nearest", "G_tokens", "V_tokens"),
     "vision_tokens_nsfw": ("cos", "G_tokens", "V_tokens"),  # pixel-aligned twins only
     # extensions (not in the paper): the text tower's token states, which Stable Diffusion reads
     "text_tokens_safe": ("cos", "S_tokens", "S_tokens"),
     "text_tokens_nsfw": ("aligned", "U_tokens", "S_tokens"),
 }
-VISION_TOKEN_TERMS = ("vision_tokens_safe", "vision_tokens_nsfw_mean", "vision_tokens_nsfw")
+VISION_TOKEN_TERMS = ("vision_tokens_safe", "vision_tokens_nsfw_mean",
+                      "vision_tokens_nsfw_nearest", "vision_tokens_nsfw")
 TEXT_TOKEN_TERMS = ("text_tokens_safe", "text_tokens_nsfw")
 TOKEN_TERMS = VISION_TOKEN_TERMS + TEXT_TOKEN_TERMS
 ALIGNMENT = {"text_tokens_nsfw": "U_align"}  # term -> the ft input holding a(i) (see above)
@@ -124,6 +131,13 @@ def hard_nce(q: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
 def cos_d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean cosine distance between matching rows."""
     return (1 - F.cosine_similarity(a, b, dim=-1)).mean()
+
+
+def nearest_cos_d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean cosine distance from each token of row i of ``a`` (B, L, D) to the nearest token of
+    row i of ``b`` (B, M, D), both normalised: a one-sided Chamfer distance between two sets of
+    tokens, which compares no positions."""
+    return (1 - torch.einsum("bld,bmd->blm", a, b).amax(-1)).mean()
 
 
 def nce(a: torch.Tensor, b: torch.Tensor, scale: float = LOGIT_SCALE) -> torch.Tensor:
@@ -214,6 +228,8 @@ class SafeClipLoss(torch.nn.Module):
                 terms[name] = cos_d(ft[a], ref[b])
             elif kind == "cos_mean":  # the mean token of each row
                 terms[name] = cos_d(ft[a].mean(1), ref[b].mean(1))
+            elif kind == "cos_nearest":  # each ft token against its nearest ref token
+                terms[name] = nearest_cos_d(ft[a], ref[b])
             elif kind == "aligned":  # ft row i, token t against ref row i, token a(t)
                 idx = ft[ALIGNMENT[name]][..., None].expand(-1, -1, ref[b].shape[-1])
                 terms[name] = cos_d(ft[a], ref[b].gather(1, idx))
