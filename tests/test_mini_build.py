@@ -64,3 +64,18 @@ def test_the_recipe_rule_keeps_the_paper_when_it_meets_the_bars(paper_ok):
     worse = {n: {**r, "margins": {**r["margins"], "cap_accuracy": -0.5 + i / 10}}
              for i, (n, r) in enumerate(results.items())}
     assert bench.choose(worse) == "paper+tokens"
+
+
+def test_every_recipe_is_described_and_names_known_terms():
+    from safeclip.mini.recipes import DEFAULT, DESCRIPTIONS, RECIPES, train_args
+    from safeclip.train.losses import TERMS
+
+    assert DEFAULT in RECIPES and set(DESCRIPTIONS) == set(RECIPES)
+    for name in RECIPES:
+        args = train_args(name, Path("clip"), Path("data"), Path("run"))
+        weights = [args[i + 1] for i, a in enumerate(args) if a == "--weight"]
+        assert all(w.split("=")[0] in TERMS for w in weights), (name, weights)
+        if any(w.startswith("vision_tokens") for w in weights):  # the captioner's layer
+            assert args[args.index("--token-layer") + 1] == "-2", name
+        assert not any(w.startswith("vision_tokens_nsfw=") for w in weights), \
+            f"{name} uses the pixel-aligned term, which real ViSU cannot"
