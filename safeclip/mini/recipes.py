@@ -42,6 +42,10 @@ RECIPES = {
     "text-tokens+nearest": ["--token-layer", "-2", "--weight", "vision_tokens_nsfw_nearest=1.0",
                             "--weight", "text_tokens_safe=0.5", "--weight",
                             "text_tokens_nsfw=0.5"],
+    # the same at 3x the weight (validation: 0.58 captioned unsafe at 1.0, accuracy 0.89)
+    "text-tokens+nearest3": ["--token-layer", "-2", "--weight",
+                             "vision_tokens_nsfw_nearest=3.0", "--weight", "text_tokens_safe=0.5",
+                             "--weight", "text_tokens_nsfw=0.5"],
 }
 DESCRIPTIONS = {
     "paper": "the paper's eight terms at the paper's weights",
@@ -56,6 +60,7 @@ DESCRIPTIONS = {
     "text-tokens+nearest": "the paper's terms and weights, plus text_tokens_safe and "
                            "text_tokens_nsfw at 0.5 and vision_tokens_nsfw_nearest at 1.0 "
                            "(each patch token of layer -2 to its nearest safe token)",
+    "text-tokens+nearest3": "as text-tokens+nearest, with vision_tokens_nsfw_nearest at 3.0",
 }
 DEFAULT = "paper+tokens"  # bench/recipes.py's pick on validation (recipes.json): no recipe met
 #                            every bar; the rule's fallback, the largest worst-case margin
