@@ -267,9 +267,9 @@ def test_mini_captioner_describes_the_scene(mini):
 
 @needs_mini
 @pytest.mark.xfail(strict=True, reason=(
-    "issue 16, open: the bundled recipe (paper+tokens, chosen on validation) leaves 0.888 of "
-    "unsafe test images captioned unsafe against the original's 0.994 (the bar: <= 0.5x); "
-    "vision_tokens_safe holds the unsafe images' patch tokens at the captioner's layer"))
+    "issue 16, open: the bundled recipe (text-tokens+nearest, chosen on validation after the "
+    "first test read) leaves 0.601 of unsafe test images captioned unsafe against the "
+    "original's 0.994 (the bar: <= 0.5x); paper+tokens, read first, left 0.888"))
 def test_mini_captioner_with_safeclip_tower_stops_naming_unsafe_objects(mini):
     from safeclip.mini.synthetic import SyntheticViSU
 
