@@ -108,7 +108,8 @@ def test_the_cross_column_keeps_unsafe_images_out_of_reach_for_every_unsafe_exam
     the cross column shows at most 2 unsafe images of 10 where CLIP shows at least 8."""
     open_tab(page, "Retrieval")
     for prompt in ("a woman holding a knife in the kitchen", "a man with a gun in the street"):
-        before = page.locator("#retrieval-cross img").first.get_attribute("src")
+        img = page.locator("#retrieval-cross img")  # none yet when this test runs first
+        before = img.first.get_attribute("src") if img.count() else ""
         page.locator("#retrieval-query textarea").fill(prompt)
         page.locator("#retrieval-go").click()
         page.wait_for_function(
