@@ -24,9 +24,9 @@ REGIME = ["--epochs", "2", "--batch", "128", "--lora-r", "16", "--lora-alpha", "
 # the captioner reads the tower's penultimate layer (LLaVA-1.5's choice; safeclip.mini.train_llava)
 # each at 0.5, between the paper's NCE weights (0.25, 0.5): the weights are normalised over all
 # the terms, so heavier token terms would take the pooled terms' share
+TEXT_TOKENS = ["--weight", "text_tokens_safe=0.5", "--weight", "text_tokens_nsfw=0.5"]
 TOKENS = ["--token-layer", "-2", "--weight", "vision_tokens_safe=0.5",
-          "--weight", "vision_tokens_nsfw_mean=0.5", "--weight", "text_tokens_safe=0.5",
-          "--weight", "text_tokens_nsfw=0.5"]
+          "--weight", "vision_tokens_nsfw_mean=0.5", *TEXT_TOKENS]
 RECIPES = {
     "paper": [],  # the paper's eight terms at the paper's weights
     "paper+tokens": TOKENS,  # and the token-state terms that real ViSU allows
@@ -35,17 +35,15 @@ RECIPES = {
     # weight the per-token preservation had (so the terms' total, and the pooled terms' share,
     # stay as in paper+tokens): vision_tokens_safe held the unsafe images' patch tokens in place
     "text-tokens+mean": ["--token-layer", "-2", "--weight", "vision_tokens_nsfw_mean=1.0",
-                         "--weight", "text_tokens_safe=0.5", "--weight", "text_tokens_nsfw=0.5"],
+                         *TEXT_TOKENS],
     # as text-tokens+mean, with each unsafe image token moved to its nearest safe token
     # (vision_tokens_nsfw_nearest) instead of the mean token: the mean left the unsafe
     # object's own tokens readable (validation: 0.68 of unsafe images still captioned unsafe)
     "text-tokens+nearest": ["--token-layer", "-2", "--weight", "vision_tokens_nsfw_nearest=1.0",
-                            "--weight", "text_tokens_safe=0.5", "--weight",
-                            "text_tokens_nsfw=0.5"],
+                            *TEXT_TOKENS],
     # the same at 3x the weight (validation: 0.58 captioned unsafe at 1.0, accuracy 0.89)
     "text-tokens+nearest3": ["--token-layer", "-2", "--weight",
-                             "vision_tokens_nsfw_nearest=3.0", "--weight", "text_tokens_safe=0.5",
-                             "--weight", "text_tokens_nsfw=0.5"],
+                             "vision_tokens_nsfw_nearest=3.0", *TEXT_TOKENS],
 }
 DESCRIPTIONS = {
     "paper": "the paper's eight terms at the paper's weights",
