@@ -72,6 +72,29 @@ def test_both_mini_judges_read_subject_scene_and_colour_and_agree(mini, fresh_qu
     assert np.mean([x["objects"] == y["objects"] for x, y in zip(a, b)]) >= 0.9
 
 
+@needs_judge
+def test_a_rejittered_safe_image_keeps_its_meaning_but_not_its_pixels(mini, fresh_quads):
+    """bench/unaligned.py's safe images: what the caption says (subject, scene, colour, object
+    and its side) stays, the pixels of the pair's shared content do not."""
+    from safeclip.mini.render import render_rejittered
+
+    quads = fresh_quads[:32]
+    moved = [render_rejittered(q["tags"], q["tags"]["safe_object"]) for q in quads]
+    assert all(np.array_equal(np.asarray(m), np.asarray(render_rejittered(q["tags"],
+               q["tags"]["safe_object"]))) for m, q in zip(moved[:4], quads))  # deterministic
+    same = [np.mean(np.asarray(m) == np.asarray(q["V"])) for m, q in zip(moved, quads)]
+    assert max(same) < 0.5, max(same)  # the aligned V shares ~0.9 of its pixels with G
+    read = [(x["subject"], x["scene"], x["colour"]) == (t["subject"], t["scene"], t["colour"])
+            and t["safe_object"] in x["objects"]
+            for x, t in zip(mini.describe(moved), (q["tags"] for q in quads))]
+    assert np.mean(read) >= 0.9, np.mean(read)
+    for m, q in zip(moved, quads):  # the object stays on its side
+        diff = np.abs(np.asarray(m).astype(int) - np.asarray(render_rejittered(
+            q["tags"], q["tags"]["unsafe_object"])).astype(int)).max(-1) > 0
+        cols = np.nonzero(diff.any(axis=0))[0]
+        assert (cols.max() < 30) if q["tags"]["position"] == "left" else (cols.min() > 34)
+
+
 def _odd_images(base: Image.Image) -> dict:
     rgba = base.convert("RGBA")
     rgba.putalpha(128)

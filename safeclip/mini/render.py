@@ -361,3 +361,11 @@ def render_pair(tags: dict, size: int = 64, noise: int = NOISE) -> tuple[Image.I
     base = _base(tags, j, size)
     return (_finish(base.copy(), tags, tags["safe_object"], j, size, noise),
             _finish(base, tags, tags["unsafe_object"], j, size, noise))
+
+
+def render_rejittered(tags: dict, obj: str, size: int = 64, noise: int = NOISE) -> Image.Image:
+    """The scene of `tags` with `obj`, drawn with a jitter (positions, sizes, pixel noise)
+    independent of the item's own: the same meaning as ``render_pair``'s images (subject, colour,
+    scene, object, side) but not pixel-aligned with them, as a real ViSU safe image is not
+    aligned with its unsafe counterpart (``bench/unaligned.py``)."""
+    return render(tags, obj, size, rng=np.random.default_rng([int(tags["seed"]), 1]), noise=noise)
