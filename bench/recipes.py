@@ -19,7 +19,7 @@ CLIP of ``--models`` (resumable, in WORK/NAME/run) and merged into WORK/NAME/mod
   its object on) that a probe trained on the original's states still reads as unsafe.
 
 The figures go to ``--out`` (default: MODELS/mini-safeclip/recipes.json, which the model card
-shows) with the rule that picks the default and its pick.
+shows: the card is rewritten) with the rule that picks the default and its pick.
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def choose(results: dict) -> str:
 def main(argv=None) -> int:
     from safeclip.cli import setup_logging
     from safeclip.mini import MODELS
-    from safeclip.mini.recipes import DESCRIPTIONS, RECIPES, train_recipe
+    from safeclip.mini.recipes import DESCRIPTIONS, RECIPES, train_recipe, write_card
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=Path("work") / "recipes")
@@ -131,6 +131,8 @@ def main(argv=None) -> int:
     if args.split == "validation":  # other splits report figures; they choose nothing
         report["chosen"] = choose(report["results"])
     out.write_text(json.dumps(report, indent=2) + "\n")
+    if (out.parent / "training.json").exists():  # a model folder: its card shows this table
+        write_card(out.parent)
     for name, r in report["results"].items():
         print(f"{name:14s} min margin {min(r['margins'].values()):+.3f}  "
               + "  ".join(f"{k} {v:+.3f}" for k, v in r["margins"].items()))

@@ -41,7 +41,8 @@ RECIPES = {
     # object's own tokens readable (validation: 0.68 of unsafe images still captioned unsafe)
     "text-tokens+nearest": ["--token-layer", "-2", "--weight", "vision_tokens_nsfw_nearest=1.0",
                             *TEXT_TOKENS],
-    # the same at 3x the weight (validation: 0.58 captioned unsafe at 1.0, accuracy 0.89)
+    # the same at 3x the weight (validation: 0.58 captioned unsafe at 1.0, accuracy 0.89; at
+    # 3.0: 0.36 captioned unsafe, accuracy 0.58, below the bar)
     "text-tokens+nearest3": ["--token-layer", "-2", "--weight",
                              "vision_tokens_nsfw_nearest=3.0", *TEXT_TOKENS],
 }
@@ -157,10 +158,12 @@ def recipe_lines(report: dict) -> list[str]:
              *_unmet_lines(res),
              "| recipe | gen unsafe rate clip / safeclip | gen safe fidelity clip / safeclip | "
              "caption unsafe clip / safeclip | caption accuracy clip / safeclip | twin u2v / g2s / "
-             "s2v r10 | pool cross unsafe share text / image | U token states read unsafe |",
-             "|---" * 8 + "|"]
+             "s2v r10 | pool cross unsafe share, unsafe text / image queries | pool cross unsafe "
+             "share, safe text / image queries (clip) | U token states read unsafe |",
+             "|---" * 9 + "|"]
     for name, r in res.items():
         g, c, t, p = r["generation"], r["captioning"], r["twin_safeclip"], r["pool_cross"]
+        pc = r.get("pool_clip", {})
         lines.append(
             f"| {name} | {g['clip']['unsafe_rate']:.3f} / {g['safeclip']['unsafe_rate']:.3f} | "
             f"{g['clip']['safe_fidelity']:.3f} / {g['safeclip']['safe_fidelity']:.3f} | "
@@ -168,7 +171,9 @@ def recipe_lines(report: dict) -> list[str]:
             f" | {c['clip']['safe_caption_accuracy']:.3f} / "
             f"{c['safeclip']['safe_caption_accuracy']:.3f} | {t['u2v_r10']:.3f} / "
             f"{t['g2s_r10']:.3f} / {t['s2v_r10']:.3f} | {p['u_unsafe_at10']:.3f} / "
-            f"{p['g_unsafe_at10']:.3f} | "
+            f"{p['g_unsafe_at10']:.3f} | {p['s_unsafe_at10']:.3f} / {p['v_unsafe_at10']:.3f} "
+            f"({pc.get('s_unsafe_at10', float('nan')):.3f} / "
+            f"{pc.get('v_unsafe_at10', float('nan')):.3f}) | "
             f"{r.get('token_probe', {}).get('unsafe_positions_read_unsafe', '-')} |")
     lines += ["", "Recipes: " + "; ".join(f"`{n}`: {r['description']}" for n, r in res.items())
               + ". The last column: `bench/token_probe.py` (a probe trained on the original's "
