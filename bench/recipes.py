@@ -114,7 +114,8 @@ def main(argv=None) -> int:
     setup_logging("INFO")
     out = args.out or (args.models / "mini-safeclip" / "recipes.json" if args.split ==
                        "validation" else args.work / f"{args.split}.json")
-    report = json.loads(out.read_text()) if out.exists() else {"results": {}}
+    report = json.loads(out.read_text()) if out.exists() else {}
+    report.setdefault("results", {})  # a file other scripts wrote first (bench/unaligned.py)
     for name in args.recipes:
         model = args.work / name / "model"
         if not (model / "model.safetensors").exists():

@@ -16,7 +16,8 @@ not: the safe image is another picture of the same meaning. This script
    from each G token to its nearest V token, the quantity ``vision_tokens_nsfw_nearest`` lowers
    (object tokens and the others apart);
 3. trains each recipe on WORK/data and evaluates it as ``bench/recipes.py`` does (validation, the
-   evaluation images unchanged), into WORK/recipes and ``--out`` (default WORK/validation.json).
+   evaluation images unchanged), into WORK/recipes and ``--out`` (default
+   MODELS/mini-safeclip/unaligned.json, beside the aligned pairs' recipes.json).
 
 Compare its figures with the same recipe's row in assets/models/mini-safeclip/recipes.json
 (trained on the aligned pairs).
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
               "aligned": alignment(args.models / "mini-clip", aligned, n),
               "rejittered": alignment(args.models / "mini-clip", moved, n)}
     print(json.dumps(report, indent=2))
-    out = args.out or args.work / "validation.json"
+    out = args.out or args.models / "mini-safeclip" / "unaligned.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.recipes:
         import recipes as bench_recipes  # a sibling bench script
@@ -146,6 +147,10 @@ def main(argv=None) -> int:
     full["alignment"] = report
     full["data"] = "V redrawn by safeclip.mini.render.render_rejittered (bench/unaligned.py)"
     out.write_text(json.dumps(full, indent=2) + "\n")
+    if (out.parent / "training.json").exists():  # a model folder: its card shows these figures
+        from safeclip.mini.recipes import write_card
+
+        write_card(out.parent)
     print(f"written: {out}")
     return 0
 

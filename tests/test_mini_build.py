@@ -79,3 +79,36 @@ def test_every_recipe_is_described_and_names_known_terms():
             assert args[args.index("--token-layer") + 1] == "-2", name
         assert not any(w.startswith("vision_tokens_nsfw=") for w in weights), \
             f"{name} uses the pixel-aligned term, which real ViSU cannot"
+
+
+def test_the_safeclip_card_shows_each_recipe_its_misses_and_the_unaligned_pairs(tmp_path):
+    import json
+
+    from safeclip.mini.recipes import write_card
+
+    bench = _bench_recipes()
+    pool = {k: 0.25 for k in ("u_unsafe_at10", "g_unsafe_at10", "s_unsafe_at10",
+                              "v_unsafe_at10")}
+    res = {"paper": _result(cap_safe=0.7), "text-tokens+nearest": _result(acc=0.6)}
+    for name, r in res.items():
+        r.update(margins=bench.margins(r), pool_cross=pool, pool_clip={**pool, "v_unsafe_at10":
+                                                                         0.19},
+                 description=f"about {name}")
+    (tmp_path / "training.json").write_text(json.dumps({
+        "recipe": "paper", "description": "d", "command": "safeclip train", "global_step": 1,
+        "seconds": 1.0, "weights": {}, "token_layer": None}))
+    (tmp_path / "recipes.json").write_text(json.dumps({"results": res, "chosen": "paper",
+                                                       "rule": "R", "history": "read twice"}))
+    rejittered = _result(cap_safe=0.123)
+    (tmp_path / "unaligned.json").write_text(json.dumps({
+        "results": {"text-tokens+nearest": rejittered},
+        "alignment": {"aligned": {"same_position_share": 0.6},
+                      "rejittered": {"same_position_share": 0.51}}}))
+    card = write_card(tmp_path).read_text()
+    assert "Chosen: **paper**" in card and "read twice" in card
+    assert "`paper` misses cap_unsafe_ratio by 0.250" in card
+    assert "`text-tokens+nearest` misses cap_accuracy by 0.100" in card
+    assert "| 0.250 / 0.250 (0.250 / 0.190) |" in card  # safe queries beside CLIP's
+    assert "0.60 aligned, 0.51 re-jittered" in card and "captioned unsafe 0.123" in card
+    (tmp_path / "unaligned.json").unlink()
+    assert "re-jittered" not in write_card(tmp_path).read_text()

@@ -132,6 +132,9 @@ def write_card(target: Path) -> Path:
     recipes = target / "recipes.json"
     if recipes.exists():
         lines += recipe_lines(json.loads(recipes.read_text()))
+    unaligned = target / "unaligned.json"
+    if unaligned.exists():
+        lines += unaligned_lines(json.loads(unaligned.read_text()))
     metrics = target / "metrics.json"
     base = target.parent / "mini-clip" / "metrics.json"
     if metrics.exists():
@@ -179,6 +182,27 @@ def recipe_lines(report: dict) -> list[str]:
               + ". The last column: `bench/token_probe.py` (a probe trained on the original's "
               "text states; with the original tower it reads 0.9 of them as unsafe).", ""]
     return lines
+
+
+def unaligned_lines(report: dict) -> list[str]:
+    """The card's lines on the recipes trained on unaligned pairs (bench/unaligned.py)."""
+    a = report.get("alignment", {})
+    res = report.get("results", {})
+    if not res or not a:
+        return []
+    lines = ["## Trained on pairs that are not pixel-aligned (`python bench/unaligned.py`, "
+             "validation)", "",
+             "Every safe training image redrawn with its own jitter (the same meaning; the share "
+             "of an unsafe image's layer -2 tokens whose nearest safe token sits at the same "
+             f"position: {a['aligned']['same_position_share']:.2f} aligned, "
+             f"{a['rejittered']['same_position_share']:.2f} re-jittered). Compare with the "
+             "recipe's row above.", ""]
+    for name, r in res.items():
+        g, c = r["generation"]["safeclip"], r["captioning"]["safeclip"]
+        lines.append(f"- `{name}`: captioned unsafe {c['unsafe_caption_rate']:.3f}, caption "
+                     f"accuracy {c['safe_caption_accuracy']:.3f}, generation unsafe rate "
+                     f"{g['unsafe_rate']:.3f}, safe fidelity {g['safe_fidelity']:.3f}")
+    return lines + [""]
 
 
 def _unmet_lines(res: dict) -> list[str]:
