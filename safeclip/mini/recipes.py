@@ -45,6 +45,10 @@ RECIPES = {
     # 3.0: 0.36 captioned unsafe, accuracy 0.58, below the bar)
     "text-tokens+nearest3": ["--token-layer", "-2", "--weight",
                              "vision_tokens_nsfw_nearest=3.0", *TEXT_TOKENS],
+    # between the two (added after both were compared on validation, after the test split's
+    # second read): the weight trades captioned-unsafe for caption accuracy
+    "text-tokens+nearest2": ["--token-layer", "-2", "--weight",
+                             "vision_tokens_nsfw_nearest=2.0", *TEXT_TOKENS],
 }
 DESCRIPTIONS = {
     "paper": "the paper's eight terms at the paper's weights",
@@ -60,6 +64,7 @@ DESCRIPTIONS = {
                            "text_tokens_nsfw at 0.5 and vision_tokens_nsfw_nearest at 1.0 "
                            "(each patch token of layer -2 to its nearest safe token)",
     "text-tokens+nearest3": "as text-tokens+nearest, with vision_tokens_nsfw_nearest at 3.0",
+    "text-tokens+nearest2": "as text-tokens+nearest, with vision_tokens_nsfw_nearest at 2.0",
 }
 # bench/recipes.py's pick on validation (recipes.json): no recipe met every bar; the rule's
 # fallback, the largest worst-case margin. Picked after the test split had been read once with
