@@ -10,11 +10,12 @@ not: the safe image is another picture of the same meaning. This script
    redrawn by ``safeclip.mini.render.render_rejittered``: the same subject, colour, scene, side
    and safe object as before (the captions still describe it), with a jitter of its own, so that
    no patch of G has an identical counterpart in V;
-2. prints how aligned the pairs are before and after, where the vision token terms read them
-   (patch tokens of the mini CLIP's layer -2 on ``--n`` validation pairs): the share of G's
-   tokens whose nearest V token (cosine) sits at the same position, and the mean cosine distance
-   from each G token to its nearest V token, the quantity ``vision_tokens_nsfw_nearest`` lowers
-   (object tokens and the others apart);
+2. prints how aligned the pairs are before and after: the share of G's pixel patches that V
+   holds exactly, anywhere; and where the vision token terms read them (patch tokens of the mini
+   CLIP's layer -2 on ``--n`` validation pairs), the share of G's tokens whose nearest V token
+   (cosine) sits at the same position, and the mean cosine distance from each G token to its
+   nearest V token, the quantity ``vision_tokens_nsfw_nearest`` lowers (object tokens and the
+   others apart);
 3. trains each recipe on WORK/data and evaluates it as ``bench/recipes.py`` does (validation, the
    evaluation images unchanged), into WORK/recipes and ``--out`` (default
    MODELS/mini-safeclip/unaligned.json, beside the aligned pairs' recipes.json).
@@ -73,7 +74,7 @@ def alignment(clip_dir: Path, data: dict, n: int, layer: int = -2) -> dict:
 
     clip = CLIPModel.from_pretrained(clip_dir).eval().float()
     grid = clip.config.vision_config.image_size // clip.config.vision_config.patch_size
-    same, dist_obj, dist_rest = [], [], []
+    same, dist_obj, dist_rest, identical = [], [], [], []
     with torch.no_grad():
         for i in range(0, n, 100):
             j = min(i + 100, n)
@@ -83,19 +84,29 @@ def alignment(clip_dir: Path, data: dict, n: int, layer: int = -2) -> dict:
             cos = torch.einsum("bld,bmd->blm", tg, tv)
             best, where = cos.max(-1)
             same.append((where == torch.arange(cos.shape[1])).float())
-            # the object's patches: where G's pixels differ from the aligned V's, i.e. the patches
-            # the object covers (from the tags' side; measured on pixels of the aligned pair)
             obj = _object_patches(data, i, len(tv), grid)
             dist_obj.append(((1 - best) * obj).sum() / obj.sum())
             dist_rest.append(((1 - best) * (1 - obj)).sum() / (1 - obj).sum())
-    return {"same_position_share": round(float(torch.cat(same).mean()), 4),
+            identical += [_identical_patches(data["G"][k], data["V"][k], grid) for k in range(i, j)]
+    return {"identical_patch_share": round(float(np.mean(identical)), 4),"same_position_share": round(float(torch.cat(same).mean()), 4),
             "nearest_distance_object": round(float(torch.stack(dist_obj).mean()), 4),
             "nearest_distance_rest": round(float(torch.stack(dist_rest).mean()), 4)}
 
 
+def _identical_patches(g: np.ndarray, v: np.ndarray, grid: int) -> float:
+    """The share of G's pixel patches (the tower's patch grid) that V holds exactly, anywhere."""
+    p = g.shape[0] // grid
+
+    def cut(x):
+        return x.reshape(grid, p, grid, p, -1).transpose(0, 2, 1, 3, 4).reshape(grid * grid, -1)
+
+    held = {row.tobytes() for row in cut(v)}
+    return float(np.mean([row.tobytes() in held for row in cut(g)]))
+
+
 def _object_patches(data: dict, start: int, n: int, grid: int):
-    """(n, grid * grid) 1.0 where the patch holds the unsafe object: where G differs from
-    ``data["V_aligned"]`` (the pair as rendered by render_pair) by more than the noise."""
+    """(n, grid * grid) 1.0 where the patch holds the unsafe object: where G differs at all from
+    ``data["V_aligned"]`` (the pair as rendered by render_pair, which shares its pixel noise)."""
     import torch
 
     v = data["V_aligned"][start:start + n].astype(np.int16)

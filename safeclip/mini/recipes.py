@@ -198,8 +198,11 @@ def unaligned_lines(report: dict) -> list[str]:
     lines = ["## Trained on pairs that are not pixel-aligned (`python bench/unaligned.py`, "
              "validation)", "",
              "Every safe training image redrawn with its own jitter (the same meaning; the share "
-             "of an unsafe image's layer -2 tokens whose nearest safe token sits at the same "
-             f"position: {a['aligned']['same_position_share']:.2f} aligned, "
+             "of an unsafe image's pixel patches found exactly in its safe image: "
+             f"{a['aligned'].get('identical_patch_share', float('nan')):.2f} aligned, "
+             f"{a['rejittered'].get('identical_patch_share', float('nan')):.2f} re-jittered; "
+             "of its layer -2 tokens whose nearest safe token sits at the same position: "
+             f"{a['aligned']['same_position_share']:.2f} aligned, "
              f"{a['rejittered']['same_position_share']:.2f} re-jittered). Compare with the "
              "recipe's row above.", ""]
     for name, r in res.items():
