@@ -64,60 +64,54 @@ def rejitter_split(src: Path, dst: Path, split: str) -> Path:
     return dst / split
 
 
-def alignment(clip_dir: Path, data: dict, n: int, layer: int = -2) -> dict:
-    """Nearest-token statistics of G against V at ``layer`` (see the module docstring)."""
+def alignment(clip, g_u8: np.ndarray, v_u8: np.ndarray, obj, layer: int = -2) -> dict:
+    """How aligned the pairs (G, V) are (uint8 NHWC; ``obj``: their object patches, from
+    ``object_patches``): pixel patches and nearest tokens at ``layer`` (the module docstring)."""
     import torch
-    from transformers import CLIPModel
 
     from safeclip.train.data import normalise_u8
     from safeclip.train.towers import vision_pooled_and_tokens
 
-    clip = CLIPModel.from_pretrained(clip_dir).eval().float()
     grid = clip.config.vision_config.image_size // clip.config.vision_config.patch_size
-    same, dist_obj, dist_rest, identical = [], [], [], []
+    held = [{row.tobytes() for row in cut} for cut in _cut(v_u8, grid)]
+    identical = np.mean([[row.tobytes() in h for row in cut]
+                         for cut, h in zip(_cut(g_u8, grid), held)])
+    best, where = [], []
     with torch.no_grad():
-        for i in range(0, n, 100):
-            j = min(i + 100, n)
-            v, g = (normalise_u8(torch.from_numpy(data[k][i:j])) for k in "VG")
-            tv = torch.nn.functional.normalize(vision_pooled_and_tokens(clip, v, layer)[1], dim=-1)
-            tg = torch.nn.functional.normalize(vision_pooled_and_tokens(clip, g, layer)[1], dim=-1)
-            cos = torch.einsum("bld,bmd->blm", tg, tv)
-            best, where = cos.max(-1)
-            same.append((where == torch.arange(cos.shape[1])).float())
-            obj = _object_patches(data, i, len(tv), grid)
-            dist_obj.append(((1 - best) * obj).sum() / obj.sum())
-            dist_rest.append(((1 - best) * (1 - obj)).sum() / (1 - obj).sum())
-            identical += [_identical_patches(data["G"][k], data["V"][k], grid) for k in range(i, j)]
-    return {"identical_patch_share": round(float(np.mean(identical)), 4),"same_position_share": round(float(torch.cat(same).mean()), 4),
-            "nearest_distance_object": round(float(torch.stack(dist_obj).mean()), 4),
-            "nearest_distance_rest": round(float(torch.stack(dist_rest).mean()), 4)}
+        for i in range(0, len(g_u8), 100):
+            tv, tg = (torch.nn.functional.normalize(vision_pooled_and_tokens(
+                clip, normalise_u8(torch.from_numpy(x[i:i + 100])), layer)[1], dim=-1)
+                for x in (v_u8, g_u8))
+            b, w = torch.einsum("bld,bmd->blm", tg, tv).max(-1)
+            best.append(b)
+            where.append(w)
+    dist, where = 1 - torch.cat(best), torch.cat(where)
+    same = (where == torch.arange(where.shape[1])).float().mean()
+    return {"identical_patch_share": round(float(identical), 4),
+            "same_position_share": round(float(same), 4),
+            "nearest_distance_object": round(float(dist[obj].mean()), 4),
+            "nearest_distance_rest": round(float(dist[~obj].mean()), 4)}
 
 
-def _identical_patches(g: np.ndarray, v: np.ndarray, grid: int) -> float:
-    """The share of G's pixel patches (the tower's patch grid) that V holds exactly, anywhere."""
-    p = g.shape[0] // grid
-
-    def cut(x):
-        return x.reshape(grid, p, grid, p, -1).transpose(0, 2, 1, 3, 4).reshape(grid * grid, -1)
-
-    held = {row.tobytes() for row in cut(v)}
-    return float(np.mean([row.tobytes() in held for row in cut(g)]))
+def _cut(x: np.ndarray, grid: int) -> np.ndarray:
+    """(n, H, W[, C]) -> (n, grid * grid, pixels of a patch): the tower's patch grid."""
+    n, p = len(x), x.shape[1] // grid
+    return x.reshape(n, grid, p, grid, p, -1).transpose(0, 1, 3, 2, 4, 5).reshape(
+        n, grid * grid, -1)
 
 
-def _object_patches(data: dict, start: int, n: int, grid: int):
-    """(n, grid * grid) 1.0 where the patch holds the unsafe object: where G differs at all from
-    ``data["V_aligned"]`` (the pair as rendered by render_pair, which shares its pixel noise)."""
+def object_patches(g_u8: np.ndarray, v_aligned_u8: np.ndarray, grid: int):
+    """(n, grid * grid) bool, True where the patch holds the unsafe object: where G differs at
+    all from its aligned V (render_pair's pair shares its pixel noise)."""
     import torch
 
-    v = data["V_aligned"][start:start + n].astype(np.int16)
-    g = data["G"][start:start + n].astype(np.int16)
-    diff = np.abs(v - g).max(-1)  # (n, H, W)
-    p = diff.shape[1] // grid
-    patches = diff.reshape(n, grid, p, grid, p).max(axis=(2, 4)).reshape(n, -1)
-    return torch.from_numpy((patches > 0).astype(np.float32))
+    diff = np.abs(g_u8.astype(np.int16) - v_aligned_u8.astype(np.int16))
+    return torch.from_numpy(_cut(diff, grid).max(-1) > 0)
 
 
 def main(argv=None) -> int:
+    from transformers import CLIPModel
+
     from safeclip.cli import setup_logging
     from safeclip.mini import MODELS
     from safeclip.mini.cache import load_split
@@ -139,10 +133,13 @@ def main(argv=None) -> int:
         rejitter_split(args.data, data_dir, split)
     aligned, moved = load_split(args.data, "validation"), load_split(data_dir, "validation")
     n = min(args.n, len(aligned["V"]))
-    moved["V_aligned"] = aligned["V_aligned"] = aligned["V"]
+    clip = CLIPModel.from_pretrained(args.models / "mini-clip").eval().float()
+    g = aligned["G"][:n]
+    obj = object_patches(g, aligned["V"][:n], clip.config.vision_config.image_size
+                         // clip.config.vision_config.patch_size)
     report = {"pairs": n, "layer": -2,
-              "aligned": alignment(args.models / "mini-clip", aligned, n),
-              "rejittered": alignment(args.models / "mini-clip", moved, n)}
+              "aligned": alignment(clip, g, aligned["V"][:n], obj),
+              "rejittered": alignment(clip, g, moved["V"][:n], obj)}
     print(json.dumps(report, indent=2))
     out = args.out or args.models / "mini-safeclip" / "unaligned.json"
     out.parent.mkdir(parents=True, exist_ok=True)
