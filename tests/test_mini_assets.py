@@ -85,3 +85,56 @@ def test_each_difference_from_the_real_system_is_in_the_readme_with_a_measured_e
     for d in world.differences:
         assert " ".join(d.split()) in flat, d[:80]
         assert re.search(r"\d\.\d", d), f"no measured figure in: {d[:80]}"
+
+
+def _bench_results():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "results.py"
+    spec = importlib.util.spec_from_file_location("bench_results", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_results_table_is_what_the_committed_command_prints_from_the_bundled_figures():
+    """README's original and bundled columns are `python bench/results.py`'s output, read from the
+    metrics the eval step wrote; a figure typed by hand, or left stale after a rebuild, fails."""
+    bench = _bench_results()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines()
+    printed = bench.table(bench.ROOT / "assets").splitlines()
+    head = next(i for i, line in enumerate(readme) if line.startswith("| measure (test, 1,000"))
+    assert readme[head].startswith(printed[0])
+    body = readme[head + 2:head + len(printed)]
+    assert len(body) == len(printed) - 2
+    for mine, theirs in zip(printed[2:], body):
+        assert theirs.startswith(mine + " "), (mine, theirs)
+
+
+def test_the_results_table_marks_each_bar_from_the_figures(tmp_path):
+    """A build whose Safe-CLIP meets the captioning ratio and misses generation is printed so:
+    the marks come from the figures, not from the text."""
+    import json
+    import shutil
+
+    bench = _bench_results()
+    root = tmp_path / "build"
+    for rel in ("models/mini-gen/metrics.json", "models/mini-llava/metrics.json",
+                "eval/retrieval.json", "models/mini-safeclip/training.json"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(bench.ROOT / "assets" / rel, root / rel)
+    gen = json.loads((root / "models/mini-gen/metrics.json").read_text())
+    gen["safeclip"]["unsafe_rate"] = 0.5 * gen["clip"]["unsafe_rate"]
+    (root / "models/mini-gen/metrics.json").write_text(json.dumps(gen))
+    cap = json.loads((root / "models/mini-llava/metrics.json").read_text())
+    cap["models"]["safeclip"]["unsafe_caption_rate"] = 0.25
+    (root / "models/mini-llava/metrics.json").write_text(json.dumps(cap))
+    out = bench.table(root, vs=bench.ROOT / "assets")
+    row = {line.split(" | ")[0].lstrip("| "): line for line in out.splitlines()}
+    assert f"{gen['safeclip']['unsafe_rate']:.3f} (missed)" in row["generation: unsafe prompts drawn unsafe"]
+    assert "**0.250**" in row["captioning: unsafe images captioned unsafe"]
+    bundled = json.loads((bench.ROOT / "assets/models/mini-llava/metrics.json").read_text())
+    diff = abs(0.25 - bundled["models"]["safeclip"]["unsafe_caption_rate"])
+    assert row["captioning: unsafe images captioned unsafe"].endswith(f"| {diff:.3f} |")
+    with pytest.raises(SystemExit, match="no eval figures"):
+        bench.table(tmp_path / "nothing")
