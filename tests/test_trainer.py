@@ -90,13 +90,17 @@ def test_resume_continues_exactly(tiny_world, tmp_path):
     tr, va = sources(tiny_world)
     train(config(tmp_path / "full", max_steps=8), base_clip(tiny_world), tr, va)
     train(config(tmp_path / "cut", max_steps=4), base_clip(tiny_world), tr, va)
-    assert json.loads((tmp_path / "cut" / "checkpoint" / "progress.json").read_text())["global_step"] == 4
+    cut = json.loads((tmp_path / "cut" / "checkpoint" / "progress.json").read_text())
+    assert cut["global_step"] == 4
     _, s = train(config(tmp_path / "cut", max_steps=8), base_clip(tiny_world), tr, va, resume=True)
     a, b = adapter(tmp_path / "full"), adapter(tmp_path / "cut")
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
     assert s["global_step"] == 8
+    # the time before the cut counts: the card's "N steps in T s" is the whole training
+    assert cut["seconds"] > 0 and s["seconds_this_run"] > 0
+    assert s["seconds"] == pytest.approx(cut["seconds"] + s["seconds_this_run"], abs=0.15)
 
 
 def test_early_stopping_after_patience(tiny_world, tmp_path):

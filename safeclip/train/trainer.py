@@ -312,7 +312,11 @@ def train(cfg: TrainConfig, clip, train_src, val_src=None, resume: bool = False,
         total = min(total, cfg.max_steps)
     bar = tqdm(total=total, initial=progress["global_step"], desc="safe-clip", unit="step",
                disable=not acc.is_main_process)
-    t0 = time.time()
+    prior, t0 = float(progress.get("seconds", 0.0)), time.time()  # a resumed run's time counts too
+
+    def clock() -> None:  # training time up to this checkpoint, over every resumption
+        progress["seconds"] = round(prior + time.time() - t0, 3)
+
     while not progress["done"] and progress["epoch"] < cfg.epochs:
         epoch = progress["epoch"]
         order = epoch_order(cfg.seed, epoch, train_src.n)
@@ -354,6 +358,7 @@ def train(cfg: TrainConfig, clip, train_src, val_src=None, resume: bool = False,
                 if cfg.report_to not in (None, "none"):
                     acc.log({f"train/{k}": v for k, v in record.items()}, step=gs)
                 if gs % cfg.ckpt_every == 0:
+                    clock()
                     save_checkpoint(run, enc, opt, progress, acc)
                 if cfg.max_steps and gs >= cfg.max_steps:
                     progress["done"], progress["stopped"] = True, "max_steps"
@@ -384,11 +389,16 @@ def train(cfg: TrainConfig, clip, train_src, val_src=None, resume: bool = False,
             progress["step_in_epoch"] = 0
         if not progress["done"] and progress["epoch"] >= cfg.epochs:
             progress["done"], progress["stopped"] = True, "epochs"
+        clock()
         save_checkpoint(run, enc, opt, progress, acc)
     bar.close()
     if cfg.report_to not in (None, "none"):
         acc.end_training()
-    summary = {"config": asdict(cfg), "world_size": world, "seconds": round(time.time() - t0, 1),
+    # seconds: the whole training (the parts before a resumption counted up to their last
+    # checkpoint); seconds_this_run: this call's part
+    summary = {"config": asdict(cfg), "world_size": world,
+               "seconds": round(prior + time.time() - t0, 1),
+               "seconds_this_run": round(time.time() - t0, 1),
                "global_step": progress["global_step"], "history": progress["history"],
                "best_adapter": str(run / "best_adapter.safetensors")}
     if acc.is_main_process:
