@@ -112,3 +112,36 @@ def test_the_safeclip_card_shows_each_recipe_its_misses_and_the_unaligned_pairs(
     assert "0.60 aligned, 0.51 re-jittered" in card and "captioned unsafe 0.123" in card
     (tmp_path / "unaligned.json").unlink()
     assert "re-jittered" not in write_card(tmp_path).read_text()
+
+
+def test_the_rebuild_check_tells_identical_changed_and_missing_weights_and_reads_step_times(tmp_path):
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    spec = importlib.util.spec_from_file_location("bench_rebuild", ROOT / "bench" / "rebuild.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a / "unet", b / "unet", a / "vae"):
+        d.mkdir(parents=True)
+    w = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.zeros(3)}
+    save_file(w, str(a / "model.safetensors"))
+    save_file(w, str(b / "model.safetensors"))
+    save_file(w, str(a / "unet" / "m.safetensors"))
+    save_file({**w, "w": w["w"] + 0.25}, str(b / "unet" / "m.safetensors"))
+    save_file(w, str(a / "vae" / "m.safetensors"))
+    assert bench.compare_weights(a, b) == {"model.safetensors": "identical",
+                                          "unet/m.safetensors": "max |difference| 0.25",
+                                          "vae/m.safetensors": "missing in the rebuild"}
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "build.log").write_text("10:00:00 INFO x: step data done in 76 s\n"
+                                    "10:04:31 INFO x: step judge done in 271 s\n")
+    assert bench.step_times(work) == ({"data": 76.0, "judge": 271.0}, None, False)
+    (work / "build_report.json").write_text(json.dumps(
+        {"data": {"seconds": 75.9, "data": "x"}, "judge": {"seconds": 271.2}, "total_seconds": 347.1}))
+    assert bench.step_times(work) == ({"data": 75.9, "judge": 271.2}, 347.1, True)
+    with pytest.raises(SystemExit, match="no build_report.json"):
+        bench.step_times(tmp_path / "nowhere")
