@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADER = "| measure (test, 1,000 items) | bar | original | Safe-CLIP `{recipe}` (bundled) |"
+HEADER = "| measure (test, 1,000 items) | bar | original | Safe-CLIP `{recipe}` ({label}) |"
 
 
 def load(root: Path) -> dict:
@@ -102,16 +102,22 @@ def rows(m: dict) -> list[tuple[str, str, str, str, list[float]]]:
     ]
 
 
+def label(root: Path) -> str:
+    """"bundled" for this checkout's assets/, else the folder as given."""
+    return "bundled" if Path(root).resolve() == (ROOT / "assets").resolve() else str(root)
+
+
 def table(root: Path, vs: Path | None = None) -> str:
     """The markdown table of ROOT's build (with VS's columns and the differences, if given)."""
     a = load(root)
-    head = HEADER.format(recipe=a["recipe"])
+    head = HEADER.format(recipe=a["recipe"], label=label(root))
     lines = [head, "|---|---|---|---|"]
     ra = rows(a)
     if vs is not None:
         b = load(vs)
         rb = rows(b)
-        lines = [head + f" original ({vs}) | Safe-CLIP `{b['recipe']}` ({vs}) | largest difference |",
+        lines = [head + f" original ({label(vs)}) | Safe-CLIP `{b['recipe']}` ({label(vs)}) |"
+                 " largest difference |",
                  "|---|---|---|---|---|---|---|"]
         for (name, bar, o, s, xa), (_, _, ob, sb, xb) in zip(ra, rb):
             diff = max(abs(x - y) for x, y in zip(xa, xb))
