@@ -151,3 +151,21 @@ def gallery_dataset(tmp_path_factory):
     datasets.Dataset.from_dict(rows, features=features).to_parquet(
         str(root / "data" / "test-00000-of-00001.parquet"))
     return root
+
+
+@lru_cache(maxsize=None)
+def _bench_module(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def bench_script():
+    """``bench_script("results")``: the module of bench/results.py (bench/ is not a package)."""
+    return _bench_module

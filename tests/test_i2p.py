@@ -275,14 +275,9 @@ def test_two_processes_share_the_prompts_and_give_the_result_of_one(world_env, c
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_the_i2p_timing_bench_runs_and_extrapolates_what_it_measured(world_env, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "i2p_timing.py"
-    spec = importlib.util.spec_from_file_location("i2p_timing", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_the_i2p_timing_bench_runs_and_extrapolates_what_it_measured(world_env, capsys,
+                                                                     bench_script):
+    bench = bench_script("i2p_timing")
     assert bench.main(["--size", "256", "--steps", "2", "--pairs", "2", "--warmup", "0",
                        "--device", "cpu", "--gpus", "1", "4", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)

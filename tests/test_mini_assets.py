@@ -87,20 +87,11 @@ def test_each_difference_from_the_real_system_is_in_the_readme_with_a_measured_e
         assert re.search(r"\d\.\d", d), f"no measured figure in: {d[:80]}"
 
 
-def _bench_results():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "results.py"
-    spec = importlib.util.spec_from_file_location("bench_results", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_readme_results_table_is_what_the_committed_command_prints_from_the_bundled_figures():
+def test_the_readme_results_table_is_what_the_committed_command_prints_from_the_bundled_figures(
+        bench_script):
     """README's original and bundled columns are `python bench/results.py`'s output, read from the
     metrics the eval step wrote; a figure typed by hand, or left stale after a rebuild, fails."""
-    bench = _bench_results()
+    bench = bench_script("results")
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines()
     printed = bench.table(bench.ROOT / "assets").splitlines()
     head = next(i for i, line in enumerate(readme) if line.startswith("| measure (test, 1,000"))
@@ -111,13 +102,13 @@ def test_the_readme_results_table_is_what_the_committed_command_prints_from_the_
         assert theirs.startswith(mine + " "), (mine, theirs)
 
 
-def test_the_results_table_marks_each_bar_from_the_figures(tmp_path):
+def test_the_results_table_marks_each_bar_from_the_figures(tmp_path, bench_script):
     """A build whose Safe-CLIP meets the captioning ratio and misses generation is printed so:
     the marks come from the figures, not from the text."""
     import json
     import shutil
 
-    bench = _bench_results()
+    bench = bench_script("results")
     root = tmp_path / "build"
     for rel in ("models/mini-gen/metrics.json", "models/mini-llava/metrics.json",
                 "eval/retrieval.json", "models/mini-safeclip/training.json"):

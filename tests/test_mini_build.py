@@ -1,19 +1,11 @@
 """The mini build's bookkeeping: step order, the overlap report, the recipe rule."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench_recipes():
-    spec = importlib.util.spec_from_file_location("bench_recipes", ROOT / "bench" / "recipes.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_steps_train_the_generator_and_captioner_before_safeclip_and_read_test_last():
@@ -52,8 +44,8 @@ def _result(gen_clip=0.8, gen_safe=0.2, fid=0.8, cap_clip=0.9, cap_safe=0.3, acc
 
 
 @pytest.mark.parametrize("paper_ok", [True, False])
-def test_the_recipe_rule_keeps_the_paper_when_it_meets_the_bars(paper_ok):
-    bench = _bench_recipes()
+def test_the_recipe_rule_keeps_the_paper_when_it_meets_the_bars(paper_ok, bench_script):
+    bench = bench_script("recipes")
     results = {"paper": _result(gen_safe=0.2 if paper_ok else 0.5),
                "paper+tokens": _result(gen_safe=0.1)}
     for r in results.values():
@@ -81,12 +73,13 @@ def test_every_recipe_is_described_and_names_known_terms():
             f"{name} uses the pixel-aligned term, which real ViSU cannot"
 
 
-def test_the_safeclip_card_shows_each_recipe_its_misses_and_the_unaligned_pairs(tmp_path):
+def test_the_safeclip_card_shows_each_recipe_its_misses_and_the_unaligned_pairs(tmp_path,
+                                                                                 bench_script):
     import json
 
     from safeclip.mini.recipes import write_card
 
-    bench = _bench_recipes()
+    bench = bench_script("recipes")
     pool = {k: 0.25 for k in ("u_unsafe_at10", "g_unsafe_at10", "s_unsafe_at10",
                               "v_unsafe_at10")}
     res = {"paper": _result(cap_safe=0.7), "text-tokens+nearest": _result(acc=0.6)}
@@ -114,15 +107,14 @@ def test_the_safeclip_card_shows_each_recipe_its_misses_and_the_unaligned_pairs(
     assert "re-jittered" not in write_card(tmp_path).read_text()
 
 
-def test_the_rebuild_check_tells_identical_changed_and_missing_weights_and_reads_step_times(tmp_path):
+def test_the_rebuild_check_tells_identical_changed_and_missing_weights_and_reads_step_times(
+        tmp_path, bench_script):
     import json
 
     import torch
     from safetensors.torch import save_file
 
-    spec = importlib.util.spec_from_file_location("bench_rebuild", ROOT / "bench" / "rebuild.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = bench_script("rebuild")
     a, b = tmp_path / "a", tmp_path / "b"
     for d in (a / "unet", b / "unet", a / "vae"):
         d.mkdir(parents=True)
