@@ -89,9 +89,9 @@ def margins(r: dict) -> dict:
 
 def choose(results: dict) -> str:
     """RULE, over the recipes of ``results`` (in RECIPES' order: the paper's first)."""
-    from safeclip.mini.recipes import DIAGNOSTICS, RECIPES
+    from safeclip.mini.recipes import RECIPES
 
-    order = [n for n in RECIPES if n in results and n not in DIAGNOSTICS]
+    order = [n for n in RECIPES if n in results]
     meeting = [n for n in order if min(results[n]["margins"].values()) >= 0]
     if meeting:
         return meeting[0]
@@ -101,17 +101,13 @@ def choose(results: dict) -> str:
 def main(argv=None) -> int:
     from safeclip.cli import setup_logging
     from safeclip.mini import MODELS
-    from safeclip.mini.recipes import (DESCRIPTIONS, DIAGNOSTICS, RECIPES, train_recipe,
-                                       write_card)
+    from safeclip.mini.recipes import DESCRIPTIONS, RECIPES, train_recipe, write_card
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=Path("work") / "recipes")
     p.add_argument("--models", type=Path, default=MODELS, help="mini-clip, -gen, -llava")
     p.add_argument("--data", type=Path, default=Path("work") / "mini" / "data")
-    p.add_argument("--recipes", nargs="+", choices=list(RECIPES),
-                   default=[n for n in RECIPES if n not in DIAGNOSTICS],
-                   help="default: every recipe but the diagnostics (DIAGNOSTICS), which are "
-                        "trained only when named and never chosen")
+    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     p.add_argument("--split", default="validation", choices=["validation", "test"])
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)

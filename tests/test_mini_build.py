@@ -58,19 +58,6 @@ def test_the_recipe_rule_keeps_the_paper_when_it_meets_the_bars(paper_ok, bench_
     assert bench.choose(worse) == "paper+tokens"
 
 
-def test_a_diagnostic_recipe_is_never_chosen_even_with_the_best_margins(bench_script):
-    from safeclip.mini.recipes import DIAGNOSTICS, RECIPES
-
-    bench = bench_script("recipes")
-    (diag,) = sorted(DIAGNOSTICS)[:1]
-    assert diag in RECIPES
-    results = {"paper": _result(cap_safe=0.6), diag: _result()}  # paper misses, diag meets all
-    for r in results.values():
-        r["margins"] = bench.margins(r)
-    assert min(results[diag]["margins"].values()) >= 0 > min(results["paper"]["margins"].values())
-    assert bench.choose(results) == "paper"
-
-
 def test_every_recipe_is_described_and_names_known_terms():
     from safeclip.mini.recipes import DEFAULT, DESCRIPTIONS, RECIPES, train_args
     from safeclip.train.losses import TERMS

@@ -49,10 +49,6 @@ RECIPES = {
     # second read): the weight trades captioned-unsafe for caption accuracy
     "text-tokens+nearest2": ["--token-layer", "-2", "--weight",
                              "vision_tokens_nsfw_nearest=2.0", *TEXT_TOKENS],
-    # the bundled recipe under a gentler regime (lr 3e-4 instead of 1e-3; the recipe's arguments
-    # come after REGIME, so its --lr wins): is the safe images' drift the regime's?
-    "text-tokens+nearest@lr3e-4": ["--lr", "3e-4", "--token-layer", "-2", "--weight",
-                                   "vision_tokens_nsfw_nearest=1.0", *TEXT_TOKENS],
 }
 DESCRIPTIONS = {
     "paper": "the paper's eight terms at the paper's weights",
@@ -69,12 +65,7 @@ DESCRIPTIONS = {
                            "(each patch token of layer -2 to its nearest safe token)",
     "text-tokens+nearest3": "as text-tokens+nearest, with vision_tokens_nsfw_nearest at 3.0",
     "text-tokens+nearest2": "as text-tokens+nearest, with vision_tokens_nsfw_nearest at 2.0",
-    "text-tokens+nearest@lr3e-4": "text-tokens+nearest trained at lr 3e-4 instead of the "
-                                  "regime's 1e-3 (a diagnostic of the regime, not a candidate "
-                                  "for the default)",
 }
-# recipes that diagnose a cause: trained and compared only when named, never chosen as default
-DIAGNOSTICS = frozenset({"text-tokens+nearest@lr3e-4"})
 # bench/recipes.py's pick on validation (recipes.json): no recipe met every bar; the rule's
 # fallback, the largest worst-case margin. Picked after the test split had been read once with
 # paper+tokens, the pick before it (the README says so)
@@ -232,7 +223,7 @@ def _unmet_lines(res: dict) -> list[str]:
                                                          for k, v in missed.items()))
     if lines and len(lines) == len(res):
         lines.insert(0, "No recipe compared meets every bar; the rule's fallback chose.")
-    skipped = [n for n in RECIPES if n not in res and n not in DIAGNOSTICS]
+    skipped = [n for n in RECIPES if n not in res]
     if skipped:
         lines.append("- not trained or compared: " + ", ".join(f"`{n}`" for n in skipped))
     return lines + [""] if lines else []
