@@ -49,6 +49,12 @@ RECIPES = {
     # second read): the weight trades captioned-unsafe for caption accuracy
     "text-tokens+nearest2": ["--token-layer", "-2", "--weight",
                              "vision_tokens_nsfw_nearest=2.0", *TEXT_TOKENS],
+    # the bundled recipe with x4+tokens' preservation weights (added after the test split's second
+    # read): x4+tokens held safe images' pool cross queries near CLIP's on validation (0.225,
+    # paper+tokens 0.278) with the unsafe queries' figures unchanged (bench/safe_drift.py)
+    "text-tokens+nearest+x4": ["--weight", "text_safe=0.4", "--weight", "vision_safe=0.4",
+                               "--token-layer", "-2", "--weight",
+                               "vision_tokens_nsfw_nearest=1.0", *TEXT_TOKENS],
 }
 DESCRIPTIONS = {
     "paper": "the paper's eight terms at the paper's weights",
@@ -65,6 +71,8 @@ DESCRIPTIONS = {
                            "(each patch token of layer -2 to its nearest safe token)",
     "text-tokens+nearest3": "as text-tokens+nearest, with vision_tokens_nsfw_nearest at 3.0",
     "text-tokens+nearest2": "as text-tokens+nearest, with vision_tokens_nsfw_nearest at 2.0",
+    "text-tokens+nearest+x4": "as text-tokens+nearest, with the preservation terms text_safe "
+                              "and vision_safe at 0.4 (4x the paper's 0.1)",
 }
 # bench/recipes.py's pick on validation (recipes.json): no recipe met every bar; the rule's
 # fallback, the largest worst-case margin. Picked after the test split had been read once with
