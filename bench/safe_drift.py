@@ -1,12 +1,14 @@
 """Why do Safe-CLIP's safe image queries find more unsafe captions? (validation split)
 
-    python bench/safe_drift.py                         # bundled Safe-CLIP, dialled, paper recipe
+    python bench/safe_drift.py --out assets/models/mini-safeclip/safe_drift.json
     python bench/safe_drift.py --safe paper=work/recipes/paper/model --alpha 0.5,1
 
 The retrieval issue's bar on safe image queries (pool protocol, cross configuration: Safe-CLIP's
 image tower queries the original's caption gallery) asks that the unsafe share of their top 10
 stays within 0.03 of CLIP's. This script takes those queries apart, for CLIP and each Safe-CLIP
-(``--safe NAME=DIR``; the bundled one also at each ``--alpha`` of the strength dial):
+(``--safe NAME=DIR``; by default every recipe model that ``bench/recipes.py`` left in
+work/recipes but the bundled recipe's, and the one ``bench/unaligned.py`` trained, as
+``unaligned``; the bundled one also at each ``--alpha`` of the strength dial):
 
 - ``unsafe_at10``: the bar's figure (``safeclip.eval.protocols.pool_metrics``, same gallery);
 - the top 10's make-up: the share of results that match the query's subject, scene, colour,
@@ -96,8 +98,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", type=Path, default=MODELS, help="mini-clip and mini-safeclip")
     p.add_argument("--safe", nargs="*", default=None, metavar="NAME=DIR",
-                   help="further Safe-CLIP folders (default: work/recipes/paper/model if built)")
-    p.add_argument("--alpha", default="0.5,1", help="strength dial values of the bundled one")
+                   help="further Safe-CLIP folders (default: the recipe models in --work)")
+    p.add_argument("--work", type=Path, default=Path("work"), help="bench outputs to look in")
+    p.add_argument("--alpha", default="0.25,0.5,0.75,1",
+                   help="strength dial values of the bundled one")
     p.add_argument("--n", type=int, default=1000, help="validation items")
     p.add_argument("--out", type=Path, default=None, help="write the figures here as JSON")
     args = p.parse_args(argv)
@@ -105,11 +109,13 @@ def main(argv=None) -> int:
     from safeclip.encoders import load_clip_folder
     from safeclip.eval import protocols
     from safeclip.eval.retrieval_cli import embed
+    from safeclip.mini.recipes import DEFAULT, RECIPES
     from safeclip.mini.synthetic import SyntheticViSU
     from safeclip.strength import Dial
 
     extra = dict(s.split("=", 1) for s in args.safe) if args.safe is not None else {
-        "paper": "work/recipes/paper/model"}
+        **{n: args.work / "recipes" / n / "model" for n in RECIPES if n != DEFAULT},
+        "unaligned": args.work / "unaligned" / "recipes" / DEFAULT / "model"}
     extra = {k: Path(v) for k, v in extra.items() if (Path(v) / "config.json").exists()}
     ds = SyntheticViSU("validation", n=args.n, size=64)
     tags = [ds.tags(i) for i in range(len(ds))]
