@@ -113,10 +113,18 @@ def main(argv=None) -> int:
     from safeclip.mini.synthetic import SyntheticViSU
     from safeclip.strength import Dial
 
-    extra = dict(s.split("=", 1) for s in args.safe) if args.safe is not None else {
-        **{n: args.work / "recipes" / n / "model" for n in RECIPES if n != DEFAULT},
-        "unaligned": args.work / "unaligned" / "recipes" / DEFAULT / "model"}
-    extra = {k: Path(v) for k, v in extra.items() if (Path(v) / "config.json").exists()}
+    if args.safe is not None:  # named: each must be there
+        bad = [s for s in args.safe if "=" not in s]
+        if bad:
+            p.error(f"--safe takes NAME=DIR, not {bad[0]!r}")
+        extra = {k: Path(v) for k, v in (s.split("=", 1) for s in args.safe)}
+        missing = [str(v) for v in extra.values() if not (v / "config.json").exists()]
+        if missing:
+            p.error(f"no CLIP model folder (config.json) at {', '.join(missing)}")
+    else:  # the defaults: those that were built
+        extra = {**{n: args.work / "recipes" / n / "model" for n in RECIPES if n != DEFAULT},
+                 "unaligned": args.work / "unaligned" / "recipes" / DEFAULT / "model"}
+        extra = {k: v for k, v in extra.items() if (v / "config.json").exists()}
     ds = SyntheticViSU("validation", n=args.n, size=64)
     tags = [ds.tags(i) for i in range(len(ds))]
     clip = load_clip_folder(args.models / "mini-clip", "clip")
@@ -137,25 +145,29 @@ def main(argv=None) -> int:
         cross = protocols.pool_metrics(e, emb["clip"])  # this model's queries, CLIP's gallery
         r["pool_cross"] = {q: cross[f"{q}_unsafe_at10"] for q in "ugsv"}
         result["models"][name] = r
-    cols = ["unsafe_at10", "top10_subject", "top10_scene", "top10_colour", "top10_safe_object",
-            "top10_unsafe_subject", "top10_unsafe_scene", "top10_unsafe_colour", "object_rank",
-            "image_cos_V", "image_cos_G_to_V"]
+    cols = {"unsafe_at10": "unsafe@10", "top10_subject": "subject", "top10_scene": "scene",
+            "top10_colour": "colour", "top10_safe_object": "object", "top10_unsafe_subject":
+            "U: subject", "top10_unsafe_scene": "U: scene", "top10_unsafe_colour": "U: colour",
+            "object_rank": "obj rank", "image_cos_V": "cos V*,V", "image_cos_G_to_V": "cos G*,V"}
     print("safe image queries, pool protocol, each model's image tower over CLIP's captions "
-          f"(validation, {len(ds)} items, {len(ds) // 2} queries)")
-    print(f"{'model':<22}" + "".join(f"{c[:14]:>15}" for c in cols))
+          f"(validation, {len(ds)} items, {len(ds) // 2} queries): the unsafe share of the top "
+          "10; the share of its results matching the query's subject, scene, colour; of its safe "
+          "results naming the query's safe object; of its unsafe results (U:) matching subject, "
+          "scene, colour; object_rank; the image cosines")
+    print(f"{'model':<24}" + "".join(f"{c:>11}" for c in cols.values()))
     for name, r in result["models"].items():
-        print(f"{name:<22}" + "".join(f"{r[c]:>15.3f}" for c in cols))
+        print(f"{name:<24}" + "".join(f"{r[c]:>11.3f}" for c in cols))
     print("\nunsafe share in the top 10 of each kind of query (pool protocol, this model's queries "
           "over CLIP's gallery; for clip, CLIP's own): unsafe text, unsafe image, safe text, safe "
           "image")
-    print(f"{'model':<22}" + "".join(f"{q:>8}" for q in "UGSV"))
+    print(f"{'model':<24}" + "".join(f"{q:>8}" for q in "UGSV"))
     for name, r in result["models"].items():
-        print(f"{name:<22}" + "".join(f"{r['pool_cross'][q]:>8.3f}" for q in "ugsv"))
+        print(f"{name:<24}" + "".join(f"{r['pool_cross'][q]:>8.3f}" for q in "ugsv"))
     objs = list(result["models"]["clip"]["by_object"])
     print("\nunsafe share in the top 10, by the query's safe object")
-    print(f"{'model':<22}" + "".join(f"{o[:10]:>11}" for o in objs))
+    print(f"{'model':<24}" + "".join(f"{o[:10]:>11}" for o in objs))
     for name, r in result["models"].items():
-        print(f"{name:<22}" + "".join(f"{r['by_object'][o]:>11.3f}" for o in objs))
+        print(f"{name:<24}" + "".join(f"{r['by_object'][o]:>11.3f}" for o in objs))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")

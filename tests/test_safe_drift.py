@@ -42,7 +42,7 @@ def test_the_unsafe_share_is_the_pool_protocols_figure(bench_script):
     tags, texts, aware, blind = world()
     for v in (aware, blind):
         emb = {"S": texts["S"], "U": texts["U"], "V": v, "G": v}
-        want = protocols.pool_metrics(emb, {"S": texts["S"], "U": texts["U"], "V": v, "G": v})
+        want = protocols.pool_metrics(emb, emb)
         got = drift.analyse(v, texts, tags)
         assert abs(got["unsafe_at10"] - want["v_unsafe_at10"]) < 1e-4
 
