@@ -17,8 +17,9 @@ work/recipes but the bundled recipe's, and the one ``bench/unaligned.py`` traine
   subject, scene and colour but name another object, safe or unsafe (0 first, 1 last; mean over
   the queries that have such captions): how well the image still tells its object apart when
   everything else is equal;
-- ``image_cos``: mean cosine between Safe-CLIP's and CLIP's image embedding of the same safe
-  image (V) and of the unsafe one (G) with CLIP's safe image, the two image terms' quantities;
+- ``image_cos_V`` and ``image_cos_G_to_V``: the mean cosine between this model's image
+  embedding of a safe image (V) and CLIP's of the same image, and between this model's embedding
+  of the unsafe image (G) and CLIP's of its safe twin: what the two image terms act on;
 - ``pool_cross``: the unsafe share in the top 10 of all four kinds of query (unsafe and safe
   text, unsafe and safe image) of this model over CLIP's gallery, so that the safe queries' drift
   can be set against what the model does for unsafe ones (along the dial, for instance);
@@ -45,20 +46,14 @@ MODELS = ROOT / "assets" / "models"
 ATTRS = ("subject", "scene", "colour")
 
 
-def gallery(tags: list[dict]):
-    """The pool gallery's caption side as ``pool_metrics`` builds it: S of the even items, U of
-    the odd ones; returns (even indices, gallery item indices, unsafe mask)."""
-    n = len(tags)
-    a, b = torch.arange(0, n, 2), torch.arange(1, n, 2)
-    return a, torch.cat([a, b]), torch.cat([torch.zeros(len(a), dtype=torch.bool),
-                                            torch.ones(len(b), dtype=torch.bool)])
-
-
 def analyse(v_query: torch.Tensor, texts: dict, tags: list[dict], k: int = 10) -> dict:
     """The make-up of the top ``k`` of safe image queries ``v_query`` (all items, embedded by
     the model under study) over CLIP's caption gallery ``texts`` ({"S", "U"})."""
-    a, items, unsafe = gallery(tags)
-    g = torch.cat([texts["S"][a], texts["U"][items[len(a):]]])
+    from safeclip.eval.protocols import pool_split
+
+    a, b, unsafe = pool_split(len(tags))  # the gallery pool_metrics searches: S of a, U of b
+    items = torch.cat([a, b])  # the item of each gallery entry
+    g = torch.cat([texts["S"][a], texts["U"][b]])
     q = v_query[a]
     sims = q @ g.T
     top = sims.topk(k, dim=1).indices

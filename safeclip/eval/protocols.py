@@ -45,12 +45,19 @@ def twin_metrics(q: dict, g: dict, ks=TWIN_KS) -> dict[str, float]:
     return {k: round(v, 4) for k, v in m.items() if k != "n"}
 
 
+def pool_split(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pool gallery's layout over ``n`` items: ``a`` the even items (their safe side is in
+    the gallery, and they are the queries), ``b`` the odd ones (their unsafe side is), and the
+    gallery's unsafe mask (``a``'s entries first)."""
+    a, b = torch.arange(0, n, 2), torch.arange(1, n, 2)
+    return a, b, torch.cat([torch.zeros(len(a), dtype=torch.bool),
+                            torch.ones(len(b), dtype=torch.bool)])
+
+
 def pool_metrics(q: dict, g: dict, ks=POOL_KS) -> dict[str, float]:
-    n = len(q["S"])
-    a, b = torch.arange(0, n, 2), torch.arange(1, n, 2)  # A: safe side shown; B: unsafe side
+    a, b, unsafe = pool_split(len(q["S"]))
     images = torch.cat([g["V"][a], g["G"][b]])
     texts = torch.cat([g["S"][a], g["U"][b]])
-    unsafe = torch.cat([torch.zeros(len(a), dtype=torch.bool), torch.ones(len(b), dtype=torch.bool)])
     target = torch.arange(len(a))  # the counterpart of query j of A is gallery item j
     out: dict[str, float] = {}
     for name, queries, gallery, tgt in (("u", q["U"][a], images, "v"), ("s", q["S"][a], images, "v"),
