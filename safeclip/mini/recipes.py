@@ -55,6 +55,12 @@ RECIPES = {
     "text-tokens+nearest+x4": ["--weight", "text_safe=0.4", "--weight", "vision_safe=0.4",
                                "--token-layer", "-2", "--weight",
                                "vision_tokens_nsfw_nearest=1.0", *TEXT_TOKENS],
+    # both (added after the test split's second read): text-tokens+nearest+x4 met the safe image
+    # queries' bar within 0.002 on validation but captioned 0.662 unsafe (nearest2: 0.387), so
+    # does the heavier redirection win back the captioner with the preservation kept?
+    "text-tokens+nearest2+x4": ["--weight", "text_safe=0.4", "--weight", "vision_safe=0.4",
+                                "--token-layer", "-2", "--weight",
+                                "vision_tokens_nsfw_nearest=2.0", *TEXT_TOKENS],
 }
 DESCRIPTIONS = {
     "paper": "the paper's eight terms at the paper's weights",
@@ -73,6 +79,8 @@ DESCRIPTIONS = {
     "text-tokens+nearest2": "as text-tokens+nearest, with vision_tokens_nsfw_nearest at 2.0",
     "text-tokens+nearest+x4": "as text-tokens+nearest, with the preservation terms text_safe "
                               "and vision_safe at 0.4 (4x the paper's 0.1)",
+    "text-tokens+nearest2+x4": "as text-tokens+nearest+x4, with vision_tokens_nsfw_nearest at "
+                               "2.0",
 }
 # bench/recipes.py's pick on validation (recipes.json): no recipe met every bar; the rule's
 # fallback, the largest worst-case margin. Picked after the test split had been read once with
