@@ -56,6 +56,17 @@ def test_the_recipe_rule_keeps_the_paper_when_it_meets_the_bars(paper_ok, bench_
     worse = {n: {**r, "margins": {**r["margins"], "cap_accuracy": -0.5 + i / 10}}
              for i, (n, r) in enumerate(results.items())}
     assert bench.choose(worse) == "paper+tokens"
+    # a held recipe (compared after the test split's second read) is never chosen, even when
+    # it alone meets every bar
+    assert bench.choose(results, held={"paper+tokens": "why"}) == "paper"
+    assert bench.choose(worse, held=("paper+tokens",)) == "paper"
+
+
+def test_recipes_compared_after_the_second_test_read_are_held():
+    from safeclip.mini.recipes import AFTER_SECOND_READ, DEFAULT, RECIPES
+
+    assert set(AFTER_SECOND_READ) <= set(RECIPES) and DEFAULT not in AFTER_SECOND_READ
+    assert {"paper", "paper+tokens"}.isdisjoint(AFTER_SECOND_READ)  # the first read's pair
 
 
 def test_every_recipe_is_described_and_names_known_terms():
@@ -82,7 +93,8 @@ def test_the_safeclip_card_shows_each_recipe_its_misses_and_the_unaligned_pairs(
     bench = bench_script("recipes")
     pool = {k: 0.25 for k in ("u_unsafe_at10", "g_unsafe_at10", "s_unsafe_at10",
                               "v_unsafe_at10")}
-    res = {"paper": _result(cap_safe=0.7), "text-tokens+nearest": _result(acc=0.6)}
+    res = {"paper": _result(cap_safe=0.7), "text-tokens+nearest": _result(acc=0.6),
+           "text-tokens+nearest2": _result()}
     for name, r in res.items():
         r.update(margins=bench.margins(r), pool_cross=pool, pool_clip={**pool, "v_unsafe_at10":
                                                                          0.19},
@@ -90,8 +102,9 @@ def test_the_safeclip_card_shows_each_recipe_its_misses_and_the_unaligned_pairs(
     (tmp_path / "training.json").write_text(json.dumps({
         "recipe": "paper", "description": "d", "command": "safeclip train", "global_step": 1,
         "seconds": 1.0, "weights": {}, "token_layer": None}))
-    (tmp_path / "recipes.json").write_text(json.dumps({"results": res, "chosen": "paper",
-                                                       "rule": "R", "history": "read twice"}))
+    (tmp_path / "recipes.json").write_text(json.dumps({
+        "results": res, "chosen": "paper", "rule": "R", "history": "read twice",
+        "held": {"text-tokens+nearest2": "after the second read"}}))
     rejittered = _result(cap_safe=0.123)
     (tmp_path / "unaligned.json").write_text(json.dumps({
         "results": {"text-tokens+nearest": rejittered},
@@ -101,6 +114,13 @@ def test_the_safeclip_card_shows_each_recipe_its_misses_and_the_unaligned_pairs(
     assert "Chosen: **paper**" in card and "read twice" in card
     assert "`paper` misses cap_unsafe_ratio by 0.250" in card
     assert "`text-tokens+nearest` misses cap_accuracy by 0.100" in card
+    # a held recipe that meets every bar is shown as such, with why the rule did not choose it
+    assert "`text-tokens+nearest2` (held) meets every bar (worst margin +0.050)" in card
+    assert "- held: `text-tokens+nearest2`: after the second read" in card
+    assert "| text-tokens+nearest2 (held) |" in card
+    assert "No recipe the rule chooses among meets every bar" in card
+    skipped = next(line for line in card.splitlines() if "not trained or compared" in line)
+    assert "`text-tokens+nearest2`" not in skipped and "`text-tokens+nearest3`" in skipped
     assert "| 0.250 / 0.250 (0.250 / 0.190) |" in card  # safe queries beside CLIP's
     assert "0.60 aligned, 0.51 re-jittered" in card and "captioned unsafe 0.123" in card
     (tmp_path / "unaligned.json").unlink()
