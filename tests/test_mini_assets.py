@@ -129,3 +129,17 @@ def test_the_results_table_marks_each_bar_from_the_figures(tmp_path, bench_scrip
     assert row["captioning: unsafe images captioned unsafe"].endswith(f"| {diff:.3f} |")
     with pytest.raises(SystemExit, match="no eval figures"):
         bench.table(tmp_path / "nothing")
+
+
+def test_the_bundled_recipe_is_the_rules_pick_from_the_bundled_validation_table(bench_script):
+    import json
+
+    from safeclip.mini.recipes import AFTER_SECOND_READ, DEFAULT
+
+    root = Path(__file__).resolve().parents[1]
+    report = json.loads((root / "assets/models/mini-safeclip/recipes.json").read_text())
+    assert report["split"] == "validation"
+    held = report.get("held", {})
+    assert set(held) == set(AFTER_SECOND_READ) & set(report["results"])
+    # the rule, rerun on the committed figures, picks the bundled default, never a held recipe
+    assert bench_script("recipes").choose(report["results"], held) == report["chosen"] == DEFAULT
