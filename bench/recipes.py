@@ -145,7 +145,8 @@ def main(argv=None) -> int:
     if (out.parent / "training.json").exists():  # a model folder: its card shows this table
         write_card(out.parent)
     for name, r in report["results"].items():
-        print(f"{name + (' (held)' if name in report.get('held', {}) else ''):14s} min margin {min(r['margins'].values()):+.3f}  "
+        shown = name + (" (held)" if name in report.get("held", {}) else "")
+        print(f"{shown:14s} min margin {min(r['margins'].values()):+.3f}  "
               + "  ".join(f"{k} {v:+.3f}" for k, v in r["margins"].items()))
     print(f"chosen by the rule: {report['chosen']}  ({out})" if "chosen" in report else
           f"figures of the {args.split} split (nothing is chosen on it): {out}")

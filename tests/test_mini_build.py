@@ -115,7 +115,8 @@ def test_the_safeclip_card_shows_each_recipe_its_misses_and_the_unaligned_pairs(
     assert "`paper` misses cap_unsafe_ratio by 0.250" in card
     assert "`text-tokens+nearest` misses cap_accuracy by 0.100" in card
     # a held recipe that meets every bar is shown as such, with why the rule did not choose it
-    assert "`text-tokens+nearest2` (held) meets every bar the rule checks (worst margin +0.050)" in card
+    assert ("`text-tokens+nearest2` (held) meets every bar the rule checks (worst margin "
+            "+0.050)") in card
     assert "- held: `text-tokens+nearest2`: after the second read" in card
     assert "| text-tokens+nearest2 (held) |" in card
     assert "No recipe the rule chooses among meets every bar" in card

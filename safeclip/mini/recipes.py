@@ -90,9 +90,9 @@ AFTER_SECOND_READ = ("text-tokens+nearest3", "text-tokens+nearest2", "x4+tokens"
 HELD_REASON = ("compared on validation after the test split's second read; the rule does not "
                "choose among these, since adopting one would change the bundled recipe after two "
                "test reads, a decision left to the team")
-# bench/recipes.py's pick on validation (recipes.json): no recipe met every bar; the rule's
-# fallback, the largest worst-case margin. Picked after the test split had been read once with
-# paper+tokens, the pick before it (the README says so)
+# bench/recipes.py's pick on validation (recipes.json): no recipe it chooses among (none held)
+# met every bar; the rule's fallback, the largest worst-case margin. Picked after the test split
+# had been read once with paper+tokens, the pick before it (the README says so)
 DEFAULT = "text-tokens+nearest"
 
 
@@ -251,7 +251,8 @@ def _unmet_lines(res: dict, held_names: dict) -> list[str]:
         elif "margins" in r:
             meeting.append(name)
             worst = min(r["margins"].values())
-            lines.append(f"- `{name}`{held} meets every bar the rule checks (worst margin {worst:+.3f})")
+            lines.append(f"- `{name}`{held} meets every bar the rule checks (worst margin "
+                         f"{worst:+.3f})")
     if lines and not [n for n in meeting if n not in held_names]:
         lines.insert(0, "No recipe the rule chooses among meets every bar; its fallback chose.")
     for why in dict.fromkeys(held_names.values()):  # each reason once, with its recipes
