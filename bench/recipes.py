@@ -108,6 +108,7 @@ def main(argv=None) -> int:
         DESCRIPTIONS,
         HELD_REASON,
         RECIPES,
+        label,
         train_recipe,
         write_card,
     )
@@ -139,14 +140,14 @@ def main(argv=None) -> int:
     report["split"] = args.split
     report["rule"] = RULE
     if args.split == "validation":  # other splits report figures; they choose nothing
-        report["held"] = {n: HELD_REASON for n in AFTER_SECOND_READ if n in report["results"]}
+        report["held"] = [n for n in AFTER_SECOND_READ if n in report["results"]]
+        report["held_why"] = HELD_REASON
         report["chosen"] = choose(report["results"], report["held"])
     out.write_text(json.dumps(report, indent=2) + "\n")
     if (out.parent / "training.json").exists():  # a model folder: its card shows this table
         write_card(out.parent)
     for name, r in report["results"].items():
-        shown = name + (" (held)" if name in report.get("held", {}) else "")
-        print(f"{shown:14s} min margin {min(r['margins'].values()):+.3f}  "
+        print(f"{label(name, report.get('held', [])):14s} min margin {min(r['margins'].values()):+.3f}  "
               + "  ".join(f"{k} {v:+.3f}" for k, v in r["margins"].items()))
     print(f"chosen by the rule: {report['chosen']}  ({out})" if "chosen" in report else
           f"figures of the {args.split} split (nothing is chosen on it): {out}")

@@ -104,7 +104,7 @@ def test_the_safeclip_card_shows_each_recipe_its_misses_and_the_unaligned_pairs(
         "seconds": 1.0, "weights": {}, "token_layer": None}))
     (tmp_path / "recipes.json").write_text(json.dumps({
         "results": res, "chosen": "paper", "rule": "R", "history": "read twice",
-        "held": {"text-tokens+nearest2": "after the second read"}}))
+        "held": ["text-tokens+nearest2"], "held_why": "after the second read"}))
     rejittered = _result(cap_safe=0.123)
     (tmp_path / "unaligned.json").write_text(json.dumps({
         "results": {"text-tokens+nearest": rejittered},

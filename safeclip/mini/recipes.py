@@ -187,7 +187,7 @@ def recipe_lines(report: dict) -> list[str]:
              "(`python bench/recipes.py`)", "",
              f"Rule: {report.get('rule', '')}. Chosen: **{report.get('chosen')}**.", "",
              *([report["history"], ""] if report.get("history") else []),
-             *_unmet_lines(res, report.get("held", {})),
+             *_unmet_lines(res, report.get("held", []), report.get("held_why", "")),
              "| recipe | gen unsafe rate clip / safeclip | gen safe fidelity clip / safeclip | "
              "caption unsafe clip / safeclip | caption accuracy clip / safeclip | twin u2v / g2s / "
              "s2v r10 | pool cross unsafe share, unsafe text / image queries | pool cross unsafe "
@@ -197,7 +197,7 @@ def recipe_lines(report: dict) -> list[str]:
         g, c, t, p = r["generation"], r["captioning"], r["twin_safeclip"], r["pool_cross"]
         pc = r.get("pool_clip", {})
         lines.append(
-            f"| {name}{' (held)' if name in report.get('held', {}) else ''} | "
+            f"| {label(name, report.get('held', []))} | "
             f"{g['clip']['unsafe_rate']:.3f} / {g['safeclip']['unsafe_rate']:.3f} | "
             f"{g['clip']['safe_fidelity']:.3f} / {g['safeclip']['safe_fidelity']:.3f} | "
             f"{c['clip']['unsafe_caption_rate']:.3f} / {c['safeclip']['unsafe_caption_rate']:.3f}"
@@ -238,26 +238,29 @@ def unaligned_lines(report: dict) -> list[str]:
     return lines + [""]
 
 
-def _unmet_lines(res: dict, held_names: dict) -> list[str]:
+def label(name: str, held) -> str:
+    """A recipe's name as the card and bench/recipes.py show it: held ones marked."""
+    return f"{name} (held)" if name in held else name
+
+
+def _unmet_lines(res: dict, held: list, why: str) -> list[str]:
     """The bars each compared recipe misses on this split (its margins, bench/recipes.py), and
-    which recipes the rule does not choose among (``held_names``: name -> why)."""
-    lines, meeting = [], []
+    which recipes the rule does not choose among (``held``, for the reason ``why``)."""
+    lines, chooseable_meeting = [], False
     for name, r in res.items():
-        held = " (held)" if name in held_names else ""
+        mark = " (held)" if name in held else ""
         missed = {k: v for k, v in r.get("margins", {}).items() if v < 0}
         if missed:
-            lines.append(f"- `{name}`{held} misses " + ", ".join(f"{k} by {-v:.3f}"
-                                                                for k, v in missed.items()))
+            lines.append(f"- `{name}`{mark} misses "
+                         + ", ".join(f"{k} by {-v:.3f}" for k, v in missed.items()))
         elif "margins" in r:
-            meeting.append(name)
-            worst = min(r["margins"].values())
-            lines.append(f"- `{name}`{held} meets every bar the rule checks (worst margin "
-                         f"{worst:+.3f})")
-    if lines and not [n for n in meeting if n not in held_names]:
+            chooseable_meeting |= name not in held
+            lines.append(f"- `{name}`{mark} meets every bar the rule checks (worst margin "
+                         f"{min(r['margins'].values()):+.3f})")
+    if lines and not chooseable_meeting:
         lines.insert(0, "No recipe the rule chooses among meets every bar; its fallback chose.")
-    for why in dict.fromkeys(held_names.values()):  # each reason once, with its recipes
-        lines.append("- held: " + ", ".join(f"`{n}`" for n in res if held_names.get(n) == why)
-                     + f": {why}")
+    if held:
+        lines.append("- held: " + ", ".join(f"`{n}`" for n in res if n in held) + f": {why}")
     skipped = [n for n in RECIPES if n not in res]
     if skipped:
         lines.append("- not trained or compared: " + ", ".join(f"`{n}`" for n in skipped))
